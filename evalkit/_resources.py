@@ -1,0 +1,32 @@
+"""Where the shipped data (rubrics, simulators) lives.
+
+In a wheel it is `evalkit/_data/`; in a source checkout or editable install it is
+the repository's top-level `rubrics/` and `simulators/`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@cache
+def data_dir(name: str) -> Path:
+    for candidate in (_PACKAGE / "_data" / name, _PACKAGE.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"evalkit's {name}/ data is missing from this installation")
+
+
+def rubrics_dir() -> Path:
+    return data_dir("rubrics")
+
+
+def simulators_dir() -> Path:
+    return data_dir("simulators")
+
+
+def suites_dir() -> Path:
+    return _PACKAGE / "suites"

@@ -1,0 +1,142 @@
+"""The `evalkit` command: a thin typer skin over the Python API.
+
+Bad input or environment (`EvalkitError`, or a usage error) prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import EvalkitError
+from .judging import JudgeSettings
+from .progress import console
+from .runner import BackendKind, RoleSpec, run
+from .suites import available_suites, load_suite
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Clinical-fidelity evaluation of counselling language models.")
+
+Backend = Annotated[str, typer.Option(help="auto | openai | vllm | transformers", metavar="KIND")]
+
+
+def _backend(value: str, flag: str) -> BackendKind:
+    if value not in ("auto", "openai", "vllm", "transformers"):
+        raise typer.BadParameter(f"'{value}' is not one of auto, openai, vllm, transformers", param_hint=flag)
+    return value  # type: ignore[return-value]
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model under test: a local path or model id (served by a managed vLLM), or the served name at --endpoint.")] = None,
+    suite: Annotated[str, typer.Option("--suite", "-s", help="Built-in suite id or a suite YAML path.")] = "act-fm",
+    endpoint: Annotated[Optional[str], typer.Option(help="OpenAI-compatible endpoint serving the model under test.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the endpoint's API key.")] = None,
+    backend: Backend = "auto",
+    client_model: Annotated[Optional[str], typer.Option(help="Simulated client's model (default: the model under test).")] = None,
+    client_endpoint: Annotated[Optional[str], typer.Option(help="Simulated client's endpoint.")] = None,
+    client_api_key_env: Annotated[Optional[str], typer.Option()] = None,
+    client_backend: Backend = "auto",
+    judge_model: Annotated[Optional[str], typer.Option(help="Judge's model (default: the model under test, recorded as self-judged).")] = None,
+    judge_endpoint: Annotated[Optional[str], typer.Option(help="Judge's endpoint.")] = None,
+    judge_api_key_env: Annotated[Optional[str], typer.Option()] = None,
+    judge_backend: Backend = "auto",
+    sessions: Annotated[Optional[int], typer.Option(help="Sessions to run, cycling through personas/utterances (default: one each).")] = None,
+    turns: Annotated[Optional[int], typer.Option(help="Therapist turns per session (default: the suite's).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Sessions in flight at once.")] = 16,
+    judge_concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.")] = 64,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: results/<run-id>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out; finished sessions are skipped.")] = False,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Max tokens per therapist and client turn.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Therapist sampling temperature.")] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(help="Context length for managed vLLM servers.")] = None,
+    vllm_args: Annotated[str, typer.Option(help="Extra arguments for managed vLLM servers, e.g. \"--dtype float32\".")] = "",
+    trust_remote_code: Annotated[bool, typer.Option(help="Let transformers/vLLM run the checkpoint's own code.")] = False,
+    judge_min_mass: Annotated[float, typer.Option(help="Unconstrained judges must put this much probability on score tokens.")] = 0.5,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
+) -> None:
+    """Simulate sessions against a model, judge them, and write results/<run-id>/."""
+    if not 0 <= judge_min_mass <= 1:
+        raise typer.BadParameter("expected a probability between 0 and 1", param_hint="--judge-min-mass")
+    run(model, suite, endpoint=endpoint, api_key_env=api_key_env, backend=_backend(backend, "--backend"),
+        client=RoleSpec(client_model, client_endpoint, client_api_key_env, _backend(client_backend, "--client-backend")),
+        judge=RoleSpec(judge_model, judge_endpoint, judge_api_key_env, _backend(judge_backend, "--judge-backend")),
+        sessions=sessions, turns=turns, concurrency=concurrency, judge_concurrency=judge_concurrency, out=out,
+        resume=resume, max_tokens=max_tokens, temperature=temperature, max_model_len=max_model_len,
+        vllm_args=shlex.split(vllm_args), trust_remote_code=trust_remote_code,
+        judge_settings=JudgeSettings(min_mass=judge_min_mass), show_progress=not quiet, command=sys.argv)
+
+
+@app.command()
+def demo(
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: results/demo-<time>).")] = None,
+    sessions: Annotated[int, typer.Option()] = 4,
+    turns: Annotated[int, typer.Option()] = 3,
+) -> None:
+    """Build a tiny random-weight model, serve it with vLLM, and run a small act-fm suite end to end.
+
+    The model is noise: the demo shows the mechanics (serving, simulation, judging, results), not clinical quality.
+    """
+    from datetime import datetime
+
+    from .tinymodel import build_tiny_model
+
+    console.print("building the tiny demo model (cached after the first time)…")
+    model_dir = build_tiny_model()
+    out = out or Path("results") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    result = run(str(model_dir), "act-fm", sessions=sessions, turns=turns, max_tokens=48, max_model_len=4096,
+                 vllm_args=["--dtype", "float32"], out=out, command=sys.argv)
+    console.print(f"demo finished: transcripts, scores and summary are in [bold]{escape(str(result.directory))}[/bold]")
+
+
+@app.command()
+def suites() -> None:
+    """List the built-in suites with their unit, rubrics and sizes."""
+    table = Table(title="evalkit suites", title_justify="left")
+    for column in ("suite", "unit", "rubrics", "items", "clients", "turns", "description"):
+        table.add_column(column)
+    for suite_id in available_suites():
+        loaded = load_suite(suite_id)
+        s = loaded.suite
+        clients = f"{len(loaded.sources)} {'personas' if s.unit == 'session' else 'utterances'}"
+        table.add_row(s.id, s.unit, ", ".join(f"{r.id} {r.version}" for r in loaded.rubrics),
+                      str(sum(len(r.items) for r in loaded.rubrics)), clients,
+                      str(s.turns) if s.unit == "session" else "1", s.description)
+    console.print(table)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and exit code 2 for bad input; 130 when interrupted."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # so servers are stopped on SIGTERM as on Ctrl-C
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="evalkit")
+    except click.exceptions.UsageError as exc:
+        hint = f" ({exc.ctx.command_path} --help)" if exc.ctx else ""
+        console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}{hint}", soft_wrap=True)
+        return 2
+    except click.exceptions.ClickException as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}", soft_wrap=True)
+        return 2
+    except EvalkitError as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("[bold red]interrupted[/bold red]: finished sessions are kept; re-run with --resume to continue")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

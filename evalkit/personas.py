@@ -1,0 +1,125 @@
+"""Simulated clients: multi-turn personas and single-turn client utterances.
+
+Personas live one per file in `simulators/personas/`; utterances in `simulators/utterances.yaml`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ._resources import simulators_dir
+from ._yaml import load_yaml_model
+from .errors import ConfigError
+
+Level = Literal["low", "moderate", "high"]
+Style = Literal["plain", "verbose", "tangential", "hostile", "guarded", "ingratiating"]
+RiskLevel = Literal["none", "low", "moderate", "high"]
+Stage = Literal["precontemplation", "contemplation", "preparation", "action", "maintenance"]
+_SLUG = r"^[a-z0-9][a-z0-9\-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CognitiveModel(_Strict):
+    """After Beck's cognitive conceptualisation."""
+
+    core_beliefs: list[str] = Field(min_length=1)
+    intermediate_beliefs: list[str] = Field(min_length=1)
+    automatic_thoughts: list[str] = Field(min_length=1)
+    coping_strategies: list[str] = Field(min_length=1)
+
+
+class ActProfile(_Strict):
+    """Where the client stands on the six psychological-flexibility processes."""
+
+    experiential_avoidance: Level
+    cognitive_fusion: Level
+    present_moment_contact: Level
+    self_as_content: Level
+    values_clarity: Level
+    committed_action: Level
+
+
+class Disclosure(_Strict):
+    after_turn: int = Field(ge=0, description="therapist replies that must come before the client reveals this")
+    content: str
+
+
+class Persona(_Strict):
+    id: str = Field(pattern=_SLUG)
+    name: str
+    presenting_problem: str
+    history: str
+    cognitive_model: CognitiveModel
+    conversational_style: Style
+    act_profile: ActProfile
+    openness: Level
+    risk_level: RiskLevel
+    risk_notes: str = ""
+    disclosure: list[Disclosure] = Field(min_length=1)
+    opening_line: str = Field(min_length=1)
+    references: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Persona:
+        if (self.risk_level != "none") != bool(self.risk_notes.strip()):
+            raise ValueError("risk_notes must be given exactly when risk_level is not 'none'")
+        turns = [d.after_turn for d in self.disclosure]
+        if turns != sorted(turns):
+            raise ValueError("disclosure entries must be in order of after_turn")
+        return self
+
+
+class Utterance(_Strict):
+    id: str = Field(pattern=_SLUG)
+    topic: str
+    stage: Stage
+    risk: bool
+    text: str = Field(min_length=1)
+
+
+class UtteranceSet(_Strict):
+    version: str
+    references: list[str] = Field(min_length=1)
+    utterances: list[Utterance] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> UtteranceSet:
+        ids = [u.id for u in self.utterances]
+        if len(set(ids)) != len(ids):
+            raise ValueError("utterance ids must be unique")
+        return self
+
+
+def load_persona(path: Path) -> Persona:
+    persona = load_yaml_model(path, Persona)
+    if persona.id != path.stem:
+        raise ConfigError(f"{path}: field 'id': '{persona.id}' must equal the file name '{path.stem}'")
+    return persona
+
+
+def load_personas(directory: Path | None = None) -> list[Persona]:
+    directory = directory or simulators_dir() / "personas"
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: persona directory does not exist")
+    personas = [load_persona(p) for p in sorted(directory.glob("*.yaml"))]
+    if not personas:
+        raise ConfigError(f"{directory}: no persona files (*.yaml) found")
+    return personas
+
+
+def load_utterances(path: Path | None = None) -> UtteranceSet:
+    return load_yaml_model(path or simulators_dir() / "utterances.yaml", UtteranceSet)
+
+
+def content_hash(models: list[BaseModel]) -> str:
+    digest = hashlib.sha256()
+    for model in models:
+        digest.update(model.model_dump_json().encode())
+    return digest.hexdigest()

@@ -1,0 +1,347 @@
+"""`evalkit run` as a Python function: suite -> sessions -> transcripts -> judge -> scores -> summary."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from rich.markup import escape
+
+from . import __version__
+from .backends.base import Backend, BackendInfo, BackendUnavailable
+from .backends.openai_http import OpenAIBackend
+from .backends.transformers_local import TransformersBackend
+from .backends.vllm_server import ManagedVLLMServer, tail
+from .errors import ConfigError, ModelNotFound, RunInterrupted
+from .judging import Judge, JudgeSettings
+from .judging.judge import METHOD as JUDGE_METHOD
+from .progress import RunProgress, console, print_summary
+from .provenance import git_commit, hash_model_dir, host_info
+from .records import ContentRef, Manifest, RoleRecord, RunConfig, Summary
+from .simulation.engine import SessionEngine, run_bounded
+from .store import RunStore
+from .suites import LoadedSuite, SamplingParams, load_suite
+from .summary import summarise
+
+ROLES = ("therapist", "client", "judge")
+BackendKind = Literal["auto", "openai", "vllm", "transformers"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """Which model plays a role, and how it is reached."""
+
+    model: str | None = None
+    endpoint: str | None = None
+    api_key_env: str | None = None
+    backend: BackendKind = "auto"
+
+    @property
+    def given(self) -> bool:
+        return self.model is not None or self.endpoint is not None
+
+    def resolved_kind(self, flag: str) -> Literal["openai", "vllm-managed", "transformers"]:
+        if self.backend == "transformers":
+            if self.endpoint:
+                raise ConfigError(f"--{flag}backend transformers runs the model in-process; drop --{flag}endpoint")
+            return "transformers"
+        if self.endpoint or self.backend == "openai":
+            if not self.endpoint:
+                raise ConfigError(f"--{flag}backend openai needs --{flag}endpoint")
+            return "openai"
+        return "vllm-managed"
+
+
+@dataclass
+class RunResult:
+    directory: Path
+    manifest: Manifest
+    summary: Summary
+
+
+@dataclass
+class _Role:
+    spec: RoleSpec
+    kind: Literal["openai", "vllm-managed", "transformers"]
+    identity: str
+    model_path: Path | None = None
+    model_hash: str | None = None
+    defaulted: bool = False
+    backend: Backend | None = None
+
+
+def _check_model_path(model: str, flag: str) -> Path | None:
+    """A local model directory, or None for a hub id; anything else is a user error."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFound(f"--{flag}model {model}: not a directory (expected a model folder with config.json)")
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"--{flag}model {model}: not a model directory (no config.json)")
+        try:
+            (path / "config.json").read_bytes()
+        except OSError as exc:
+            raise ModelNotFound(f"--{flag}model {model}: cannot read config.json ({exc.strerror})") from None
+        return path.resolve()
+    if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+        return None
+    raise ModelNotFound(f"--{flag}model {model}: no such directory")
+
+
+def _served_name(path: Path | None, model: str) -> str:
+    return path.name if path else model
+
+
+class _Backends:
+    """Builds one backend per distinct model and owns the managed servers behind them."""
+
+    def __init__(self, run_dir: Path, *, max_model_len: int | None, vllm_args: list[str], trust_remote_code: bool):
+        self.run_dir = run_dir
+        self.max_model_len = max_model_len
+        self.vllm_args = vllm_args
+        self.trust_remote_code = trust_remote_code
+        self.servers: dict[str, ManagedVLLMServer] = {}
+        self._by_identity: dict[str, Backend] = {}
+
+    async def build(self, role: _Role) -> Backend:
+        if role.identity in self._by_identity:
+            return self._by_identity[role.identity]
+        spec = role.spec
+        if role.kind == "openai":
+            backend: Backend = await OpenAIBackend.connect(spec.endpoint, spec.model, api_key_env=spec.api_key_env)  # type: ignore[arg-type]
+        elif role.kind == "transformers":
+            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
+            info = BackendInfo(kind="transformers", model=name, model_path=str(role.model_path), model_hash=role.model_hash)
+            backend = TransformersBackend(str(role.model_path or spec.model), served_name=name,
+                                          trust_remote_code=self.trust_remote_code, info=info)
+        else:
+            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
+            server = ManagedVLLMServer(str(role.model_path or spec.model), served_name=name,
+                                       log_path=self.run_dir / f"vllm-{name}.log", max_model_len=self.max_model_len,
+                                       extra_args=self.vllm_args)
+            console.print(f"starting vLLM {server.version or ''} for [bold]{escape(name)}[/bold] "
+                          f"(log: {server.log_path})")
+            server.start()  # blocks the loop on purpose: nothing else runs yet, and it must be the main thread
+            self.servers[role.identity] = server
+            backend = await OpenAIBackend.connect(server.url, name, kind="vllm-managed")
+            backend.info.model_path, backend.info.model_hash = str(role.model_path or spec.model), role.model_hash
+        self._by_identity[role.identity] = backend
+        return backend
+
+    def explain_failure(self) -> str:
+        dead = [(s.served_name, s) for s in self.servers.values() if s.process and s.process.poll() is not None]
+        return "; ".join(f"vLLM for {name} exited with code {s.process.returncode}: {tail(s.log_path, 3)}"  # type: ignore[union-attr]
+                         for name, s in dead)
+
+    async def close(self) -> None:
+        for backend in self._by_identity.values():
+            await backend.aclose()
+        for server in self.servers.values():
+            server.stop()
+
+
+def _resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[str, _Role], list[str]]:
+    warnings = []
+    therapist = specs["therapist"]
+    if not therapist.given:
+        raise ConfigError("--model (or --endpoint) is required: which model is under test?")
+    roles: dict[str, _Role] = {}
+    for name in ROLES:
+        spec, defaulted = specs.get(name) or RoleSpec(), False
+        if not spec.given:
+            spec, defaulted = therapist, True
+        flag = "" if name == "therapist" else f"{name}-"
+        kind = spec.resolved_kind(flag)
+        path = _check_model_path(spec.model, flag) if spec.model and kind != "openai" else None
+        identity = f"{kind}:{path or spec.model}" if kind != "openai" else f"openai:{spec.endpoint}:{spec.model or ''}"
+        roles[name] = _Role(spec=spec, kind=kind, identity=identity, model_path=path, defaulted=defaulted)
+    if roles["client"].defaulted:
+        warnings.append("self-play: the simulated client is the model under test (give --client-model or --client-endpoint)")
+    if roles["judge"].defaulted:
+        warnings.append("self-judged: the judge is the model under test; its scores are not an independent rating "
+                        "(give --judge-model or --judge-endpoint)")
+    hashes: dict[Path, str] = {}
+    for role in roles.values():
+        if role.model_path is not None:
+            role.model_hash = hashes.setdefault(role.model_path, hash_model_dir(role.model_path))
+    return roles, warnings
+
+
+def _sampling(loaded: LoadedSuite, max_tokens: int | None, temperature: float | None) -> dict[str, SamplingParams]:
+    therapist = loaded.suite.sampling.therapist
+    overrides = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
+    therapist = therapist.model_copy(update=overrides)
+    client = loaded.suite.sampling.client
+    if max_tokens is not None:
+        client = client.model_copy(update={"max_tokens": max_tokens})
+    return {"therapist": therapist, "client": client}
+
+
+def _config(loaded: LoadedSuite, roles: dict[str, _Role], turns: int, sampling: dict[str, SamplingParams],
+            settings: JudgeSettings) -> RunConfig:
+    suite = loaded.suite
+    return RunConfig(
+        suite=ContentRef(id=suite.id, version=suite.version, sha256=loaded.content_hash),
+        rubrics=[ContentRef(id=r.id, version=r.version, sha256=r.content_hash) for r in loaded.rubrics],
+        clients_sha256=hashlib.sha256("".join(s.model_dump_json() for s in loaded.sources).encode()).hexdigest(),
+        turns=turns,
+        sampling=sampling if suite.unit == "session" else {"therapist": sampling["therapist"]},
+        therapist_system_prompt_sha256=hashlib.sha256(suite.therapist_system_prompt.encode()).hexdigest(),
+        roles={name: role.model_hash or role.identity for name, role in roles.items()},
+        judge_method=f"{JUDGE_METHOD};min_mass={settings.min_mass}",
+    )
+
+
+def _role_record(role: _Role) -> RoleRecord:
+    info = role.backend.info  # type: ignore[union-attr]
+    return RoleRecord(kind=info.kind, model=info.model, endpoint=info.endpoint if role.kind == "openai" else None,
+                      api_key_env=info.api_key_env, model_path=info.model_path, model_hash=info.model_hash,
+                      server=info.server, server_version=info.server_version, defaulted_to_therapist=role.defaulted)
+
+
+def default_run_dir(suite_id: str, model: str | None) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model or "endpoint").name).strip("-") or "model"
+    return Path("results") / f"{suite_id}-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(model: str | None = None, suite: str = "act-fm", *, endpoint: str | None = None,
+        api_key_env: str | None = None, backend: BackendKind = "auto",
+        client: RoleSpec | None = None, judge: RoleSpec | None = None,
+        sessions: int | None = None, turns: int | None = None, concurrency: int = 16, judge_concurrency: int = 64,
+        out: str | Path | None = None, resume: bool = False, max_tokens: int | None = None,
+        temperature: float | None = None, max_model_len: int | None = None, vllm_args: list[str] | None = None,
+        trust_remote_code: bool = False, judge_settings: JudgeSettings = JudgeSettings(),
+        show_progress: bool = True, command: list[str] | None = None) -> RunResult:
+    """Simulate the suite's sessions against `model`, judge them, and write results/<run-id>/.
+
+    Raises `EvalkitError` (one-line message) for bad input or a backend that fails; what finished is kept.
+    """
+    return asyncio.run(_run(**{k: v for k, v in locals().items()}))
+
+
+async def _run(model, suite, endpoint, api_key_env, backend, client, judge, sessions, turns, concurrency,
+               judge_concurrency, out, resume, max_tokens, temperature, max_model_len, vllm_args,
+               trust_remote_code, judge_settings, show_progress, command) -> RunResult:
+    if sessions is not None and sessions < 1:
+        raise ConfigError(f"--sessions {sessions}: expected a positive number")
+    if turns is not None and turns < 1:
+        raise ConfigError(f"--turns {turns}: expected a positive number")
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency {concurrency}: expected a positive number")
+    loaded = load_suite(suite)
+    turns = loaded.suite.turns if (turns is None or loaded.suite.unit == "response") else turns
+    specs = {"therapist": RoleSpec(model, endpoint, api_key_env, backend), "client": client or RoleSpec(),
+             "judge": judge or RoleSpec()}
+    if loaded.suite.unit == "response":
+        specs["client"] = RoleSpec()  # single responses need no simulated client
+    roles, warnings = _resolve_roles(specs)
+    if loaded.suite.unit == "response":
+        warnings = [w for w in warnings if not w.startswith("self-play")]
+    sampling = _sampling(loaded, max_tokens, temperature)
+    directory = Path(out) if out else default_run_dir(loaded.suite.id, model)
+    store = RunStore(directory)
+    backends = _Backends(directory, max_model_len=max_model_len, vllm_args=list(vllm_args or []),
+                         trust_remote_code=trust_remote_code)
+
+    # Endpoint roles are cheap to check and name their model, which the configuration needs.
+    for role in roles.values():
+        if role.kind == "openai":
+            role.backend = await backends.build(role)
+            role.identity = f"openai:{role.spec.endpoint}:{role.backend.info.model}"
+    config = _config(loaded, roles, turns, sampling, judge_settings)
+    previous = store.prepare(config, resume=resume)
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+    cases = loaded.cases(sessions)
+    manifest: Manifest | None = None
+    try:
+        for role in roles.values():
+            role.backend = role.backend or await backends.build(role)
+        manifest = Manifest(
+            evalkit_version=__version__, run_id=directory.name, status="running",
+            command=command or sys.argv, git_commit=git_commit(), config=config,
+            config_sha256=hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
+            roles={name: _role_record(role) for name, role in roles.items()},
+            self_play=roles["client"].defaulted and loaded.suite.unit == "session", self_judged=roles["judge"].defaulted,
+            sessions_requested=max(len(cases), previous.sessions_requested if previous else 0),
+            started_at=previous.started_at if previous else datetime.now(timezone.utc),
+            host=host_info(), warnings=warnings,
+        )
+        store.write_manifest(manifest)
+        summary = await _simulate_and_judge(loaded, roles, store, cases, turns, sampling, concurrency,
+                                            judge_concurrency, judge_settings, show_progress, directory.name)
+    except BackendUnavailable as exc:
+        if manifest:
+            _finish(store, manifest, "interrupted")
+        why = backends.explain_failure() or str(exc)
+        done = len(store.transcripts())
+        raise RunInterrupted(f"{why}. {done} of {len(cases)} sessions finished and are kept in {directory}; "
+                             f"re-run the same command with --resume to continue") from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        if manifest:
+            _finish(store, manifest, "interrupted")
+        raise
+    finally:
+        await backends.close()
+    manifest = _finish(store, manifest, "complete")
+    names = {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in loaded.rubrics}
+    if show_progress:
+        print_summary(summary, names)
+        console.print(f"results: [bold]{escape(str(directory))}[/bold]")
+    return RunResult(directory=directory, manifest=manifest, summary=summary)
+
+
+def _finish(store: RunStore, manifest: Manifest, status: str) -> Manifest:
+    transcripts, scores = store.transcripts(), store.scores()
+    rows = [row for session_rows in scores.values() for row in session_rows]
+    manifest = replace_manifest(manifest, status=status, ended_at=datetime.now(timezone.utc), counts={
+        "sessions": len(transcripts), "sessions_judged": len(scores),
+        "item_scores": len(rows), "invalid_item_scores": sum(not r.valid for r in rows)})
+    store.write_manifest(manifest)
+    return manifest
+
+
+def replace_manifest(manifest: Manifest, **changes) -> Manifest:
+    return manifest.model_copy(update=changes)
+
+
+async def _simulate_and_judge(loaded, roles, store, cases, turns, sampling, concurrency, judge_concurrency,
+                              judge_settings, show_progress, run_id) -> Summary:
+    done = store.transcripts()
+    todo = [case for case in cases if case.session_id not in done]
+    items_per_session = sum(len(r.items) for r in loaded.rubrics)
+    with RunProgress(sessions=len(cases), judge_items=len(cases) * items_per_session, enabled=show_progress) as progress:
+        progress.skip_sessions(len(cases) - len(todo))
+        engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt,
+                               turns=turns, therapist=roles["therapist"].backend, client=roles["client"].backend,
+                               therapist_sampling=sampling["therapist"], client_sampling=sampling["client"],
+                               progress=progress)
+
+        def keep(case, transcript):
+            store.append_transcript(transcript)
+            progress.session_done(transcript)
+
+        await run_bounded(todo, engine.run_case, concurrency=concurrency, on_result=keep)
+
+        transcripts = store.transcripts()
+        scored = store.scores()
+        unjudged = [t for sid, t in transcripts.items() if sid not in scored]
+        progress.start_judging(sum(len(rows) for rows in scored.values()))
+        judge = Judge(roles["judge"].backend, judge_settings, concurrency=judge_concurrency)
+
+        def record(transcript, rows):
+            store.append_scores(rows)
+            progress.items_judged(len(rows))
+
+        await run_bounded(unjudged, lambda t: judge.score_transcript(t, loaded.rubrics),
+                          concurrency=concurrency, on_result=record)
+    summary = summarise(run_id, loaded.suite.id, loaded.rubrics, store.transcripts(), store.scores())
+    store.write_summary(summary)
+    return summary

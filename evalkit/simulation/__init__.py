@@ -1,0 +1,1 @@
+"""Simulation: the client simulator and the session engine."""

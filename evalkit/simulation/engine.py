@@ -1,0 +1,119 @@
+"""The session engine: every session in flight at once up to a concurrency bound.
+
+A multi-turn session opens with the persona's first line, then alternates therapist and
+client until the therapist has replied `turns` times or the client closes. A single-response
+case sends one client utterance and records one reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timezone
+
+from ..backends.base import Backend, Completion, ContextLengthExceeded
+from ..records import Transcript, Turn
+from ..suites import Case, SamplingParams
+from .client import clean_client_reply, client_messages, therapist_messages
+
+
+class Progress:
+    """Hooks the engine calls; the terminal UI overrides them."""
+
+    def turn_done(self, completion: Completion) -> None: ...
+
+    def session_done(self, transcript: Transcript) -> None: ...
+
+
+def _turn(role: str, completion: Completion, content: str | None = None) -> Turn:
+    return Turn(role=role, content=completion.text.strip() if content is None else content,  # type: ignore[arg-type]
+                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                latency_s=round(completion.latency_s, 4), finish_reason=completion.finish_reason)
+
+
+class SessionEngine:
+    def __init__(self, *, suite_id: str, system_prompt: str, turns: int, therapist: Backend, client: Backend,
+                 therapist_sampling: SamplingParams, client_sampling: SamplingParams, progress: Progress | None = None):
+        self.suite_id = suite_id
+        self.system_prompt = system_prompt
+        self.turns = turns
+        self.therapist = therapist
+        self.client = client
+        self.therapist_sampling = therapist_sampling
+        self.client_sampling = client_sampling
+        self.progress = progress or Progress()
+
+    async def _reply(self, backend: Backend, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
+        completion = await backend.chat(messages, params)
+        self.progress.turn_done(completion)
+        return completion
+
+    async def run_case(self, case: Case) -> Transcript:
+        started = datetime.now(timezone.utc)
+        if case.persona is not None:
+            turns, stop = await self._session(case)
+            unit = "session"
+        else:
+            turns, stop = await self._single_response(case)
+            unit = "response"
+        return Transcript(session_id=case.session_id, suite=self.suite_id, unit=unit, source_id=case.source_id,
+                          replicate=case.replicate, turns=turns, stop_reason=stop, started_at=started,
+                          ended_at=datetime.now(timezone.utc))
+
+    async def _session(self, case: Case) -> tuple[list[Turn], str]:
+        persona = case.persona
+        assert persona is not None
+        turns = [Turn(role="client", content=persona.opening_line.strip())]
+        for number in range(1, self.turns + 1):
+            try:
+                reply = await self._reply(self.therapist, therapist_messages(self.system_prompt, turns), self.therapist_sampling)
+            except ContextLengthExceeded:
+                return turns, "context_length"
+            turns.append(_turn("therapist", reply))
+            if number == self.turns:
+                return turns, "max_turns"
+            try:
+                answer = await self._reply(self.client, client_messages(persona, turns), self.client_sampling)
+            except ContextLengthExceeded:
+                return turns, "context_length"
+            text, closed = clean_client_reply(answer.text)
+            if text:
+                turns.append(_turn("client", answer, text))
+            if closed:
+                return turns, "client_closed"
+        raise AssertionError("unreachable")
+
+    async def _single_response(self, case: Case) -> tuple[list[Turn], str]:
+        assert case.utterance is not None
+        turns = [Turn(role="client", content=case.utterance.text.strip())]
+        try:
+            reply = await self._reply(self.therapist, therapist_messages(self.system_prompt, turns), self.therapist_sampling)
+        except ContextLengthExceeded:
+            return turns, "context_length"
+        turns.append(_turn("therapist", reply))
+        return turns, "single_response"
+
+
+async def run_bounded(items: Iterable, work: Callable[[object], Awaitable[object]], *, concurrency: int,
+                      on_result: Callable[[object, object], None]) -> None:
+    """Run `work` on every item with at most `concurrency` in flight; `on_result` sees each as it finishes.
+
+    The first failure cancels the rest and is raised as itself (not as an exception group), after
+    every result that finished before it was handed to `on_result`.
+    """
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(item: object) -> None:
+        async with slots:
+            result = await work(item)
+        on_result(item, result)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                group.create_task(one(item))
+    except BaseExceptionGroup as group_error:
+        first = group_error.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None

@@ -1,0 +1,143 @@
+"""A run directory, results/<run-id>/: appends flushed per session, resumable, never overwritten.
+
+A session's transcript line, and all its score rows, are each written with one write and
+fsync'd, so a run killed at any point leaves whole lines plus at most one torn tail line,
+which the next open cuts off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ._yaml import describe_validation_error
+from .errors import ConfigError, EvalkitError, RunDirectoryConflict
+from .records import ItemScore, Manifest, RunConfig, Summary, Transcript
+
+R = TypeVar("R", bound=BaseModel)
+
+MANIFEST, TRANSCRIPTS, SCORES, SUMMARY = "manifest.json", "transcripts.jsonl", "scores.jsonl", "summary.json"
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line that was being written when the process died."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+def read_jsonl(path: Path, model: type[R]) -> list[R]:
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith("\n"):
+                break  # torn tail of an interrupted write: not a record
+            try:
+                rows.append(model.model_validate_json(line))
+            except ValidationError as exc:
+                raise EvalkitError(describe_validation_error(f"{path}:{number}", exc)) from None
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
+    a, b = old.model_dump(), new.model_dump()
+    return [key for key in a if a[key] != b.get(key)]
+
+
+class RunStore:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def existing_manifest(self) -> Manifest | None:
+        path = self.path(MANIFEST)
+        if not path.exists():
+            return None
+        try:
+            return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            raise EvalkitError(describe_validation_error(str(path), exc)) from None
+
+    def prepare(self, config: RunConfig, *, resume: bool) -> Manifest | None:
+        """Check the directory can take this run; return the manifest of the run it continues, if any."""
+        old = self.existing_manifest()
+        if old is None:
+            if resume:
+                raise ConfigError(f"--resume: {self.directory} holds no evalkit run to resume")
+            if self.directory.exists() and any(self.directory.iterdir()):
+                raise RunDirectoryConflict(f"{self.directory} exists and is not an evalkit run; choose another --out")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return None
+        if old.config != config:
+            differs = ", ".join(config_differences(old.config, config))
+            raise RunDirectoryConflict(f"{self.directory} holds a run with a different configuration ({differs} differ); "
+                                       "choose another --out")
+        for name in (TRANSCRIPTS, SCORES):
+            _cut_torn_tail(self.path(name))
+        return old
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        _write_atomic(self.path(MANIFEST), manifest.model_dump_json(indent=2))
+
+    def write_summary(self, summary: Summary) -> None:
+        _write_atomic(self.path(SUMMARY), summary.model_dump_json(indent=2))
+
+    def transcripts(self) -> dict[str, Transcript]:
+        out: dict[str, Transcript] = {}
+        for t in read_jsonl(self.path(TRANSCRIPTS), Transcript):
+            out.setdefault(t.session_id, t)
+        return out
+
+    def scores(self) -> dict[str, list[ItemScore]]:
+        by_session: dict[str, list[ItemScore]] = defaultdict(list)
+        seen: set[tuple[str, str, str]] = set()
+        for row in read_jsonl(self.path(SCORES), ItemScore):
+            key = (row.session_id, row.rubric, row.item)
+            if key not in seen:
+                seen.add(key)
+                by_session[row.session_id].append(row)
+        return dict(by_session)
+
+    def _append(self, name: str, records: list[BaseModel]) -> None:
+        if not records:
+            return
+        payload = "".join(r.model_dump_json() + "\n" for r in records)
+        with self.path(name).open("a", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def append_transcript(self, transcript: Transcript) -> None:
+        self._append(TRANSCRIPTS, [transcript])
+
+    def append_scores(self, rows: list[ItemScore]) -> None:
+        self._append(SCORES, rows)
+
+
+def load_summary(directory: Path) -> Summary:
+    path = Path(directory) / SUMMARY
+    try:
+        return Summary.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise EvalkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise EvalkitError(f"{path}: not an evalkit summary ({exc})") from None

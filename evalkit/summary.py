@@ -1,0 +1,75 @@
+"""Per-run summary: for every item and composite, the mean over sessions with a 95% CI
+clustered by persona (or utterance), the number of valid sessions and of invalid ones.
+
+The CI comes from an intercept-only OLS with cluster-robust (CR1) standard errors and a
+t reference distribution on G-1 degrees of freedom (statsmodels), so repeated sessions of
+one persona are not counted as independent evidence.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import statsmodels.api as sm
+
+from .records import ItemScore, RubricSummary, Stat, Summary, Transcript
+from .rubrics import Rubric
+
+CI_METHOD = "OLS intercept, cluster-robust (CR1) SE by persona/utterance, t(G-1), 95%"
+
+
+def clustered_mean_ci(values: list[float], clusters: list[str], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean and its CI with standard errors clustered by `clusters`; no CI with fewer than two clusters."""
+    y = np.asarray(values, dtype=float)
+    mean = float(y.mean())
+    groups = sorted(set(clusters))
+    if len(groups) < 2:
+        return mean, None, None
+    if np.allclose(y, y[0]):
+        return mean, mean, mean
+    codes = np.array([groups.index(c) for c in clusters])
+    fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
+    low, high = fit.conf_int(alpha=1 - level)[0]
+    return mean, float(low), float(high)
+
+
+def _stat(pairs: list[tuple[str, float | None]], value_range: tuple[float, float]) -> Stat:
+    valid = [(cluster, v) for cluster, v in pairs if v is not None]
+    invalid = len(pairs) - len(valid)
+    if not valid:
+        return Stat(mean=None, ci_low=None, ci_high=None, n=0, n_invalid=invalid, clusters=0, range=value_range)
+    clusters = [c for c, _ in valid]
+    mean, low, high = clustered_mean_ci([v for _, v in valid], clusters)
+    return Stat(mean=mean, ci_low=low, ci_high=high, n=len(valid), n_invalid=invalid,
+                clusters=len(set(clusters)), range=value_range)
+
+
+def summarise_rubric(rubric: Rubric, scores: dict[str, list[ItemScore]], sources: dict[str, str]) -> RubricSummary:
+    """`scores`: session -> its score rows; `sources`: session -> persona/utterance id (the cluster)."""
+    per_item: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
+    per_composite: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
+    for session, rows in scores.items():
+        values = {row.item: (row.expected if row.valid else None) for row in rows if row.rubric == rubric.id}
+        if not values:
+            continue
+        cluster = sources[session]
+        for item in rubric.items:
+            per_item[item.id].append((cluster, values.get(item.id)))
+        for composite, value in rubric.composite_scores(values).items():
+            per_composite[composite].append((cluster, value))
+    item_range = (float(rubric.scale.min), float(rubric.scale.max))
+    return RubricSummary(
+        rubric=rubric.id,
+        version=rubric.version,
+        items={item.id: _stat(per_item[item.id], item_range) for item in rubric.items},
+        composites={c.id: _stat(per_composite[c.id], rubric.composite_range(c.id)) for c in rubric.composites},
+    )
+
+
+def summarise(run_id: str, suite_id: str, rubrics: list[Rubric], transcripts: dict[str, Transcript],
+              scores: dict[str, list[ItemScore]]) -> Summary:
+    sources = {sid: t.source_id for sid, t in transcripts.items()}
+    judged = {sid: rows for sid, rows in scores.items() if sid in transcripts}
+    return Summary(run_id=run_id, suite=suite_id, sessions=len(transcripts), ci_method=CI_METHOD,
+                   rubrics={r.id: summarise_rubric(r, judged, sources) for r in rubrics})

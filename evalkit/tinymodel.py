@@ -1,0 +1,93 @@
+"""Build a tiny random-weight Llama chat model on the spot.
+
+It is what `evalkit demo` and the tests serve with vLLM's CPU build: no hub download
+exists here, so the model and its byte-level BPE tokenizer are made locally. Its outputs
+are noise; it exercises every mechanism (chat template, sampling, logprobs, structured
+outputs) at a size that runs on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ._resources import rubrics_dir, simulators_dir
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+BUILD_VERSION = "1"  # bump when the recipe changes, so cached builds are rebuilt
+
+
+def default_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "evalkit" / f"tiny-llama-v{BUILD_VERSION}"
+
+
+def _corpus() -> list[str]:
+    """Text to train the tokenizer on: evalkit's own clinical content, so common words are single tokens."""
+    lines: list[str] = []
+    for directory in (rubrics_dir(), simulators_dir()):
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and path.suffix in {".yaml", ".md", ".j2"}:
+                lines.extend(path.read_text(encoding="utf-8").splitlines())
+    lines.extend(f"{d} {d}{d} score {d}" for d in range(10))
+    return lines
+
+
+def build_tiny_model(out: Path | None = None, *, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """Write a tiny Llama (2 layers, hidden 128, head_dim 64) and its tokenizer to `out`; reuse a finished build."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out) if out else default_cache_dir()
+    marker = out / "evalkit-tiny-model.json"
+    if marker.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    marker.write_text(json.dumps({"recipe": BUILD_VERSION, "vocab_size": len(fast), "seed": seed}))
+    return out
