@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -92,8 +91,9 @@ def demo(
     console.print("building the tiny demo model (cached after the first time)…")
     model_dir = build_tiny_model()
     out = out or Path("results") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # Eager mode: for a model this small, torch.compile's warm-up costs more than it saves.
     result = run(str(model_dir), "act-fm", sessions=sessions, turns=turns, max_tokens=48, max_model_len=4096,
-                 vllm_args=["--dtype", "float32"], out=out, command=sys.argv)
+                 vllm_args=["--dtype", "float32", "--enforce-eager"], out=out, command=sys.argv)
     console.print(f"demo finished: transcripts, scores and summary are in [bold]{escape(str(result.directory))}[/bold]")
 
 
@@ -101,16 +101,17 @@ def demo(
 def suites() -> None:
     """List the built-in suites with their unit, rubrics and sizes."""
     table = Table(title="evalkit suites", title_justify="left")
-    for column in ("suite", "unit", "rubrics", "items", "clients", "turns", "description"):
-        table.add_column(column)
-    for suite_id in available_suites():
-        loaded = load_suite(suite_id)
+    for column in ("suite", "unit", "rubrics", "items", "clients", "turns"):
+        table.add_column(column, no_wrap=column != "rubrics")
+    loaded_suites = [load_suite(suite_id) for suite_id in available_suites()]
+    for loaded in loaded_suites:
         s = loaded.suite
         clients = f"{len(loaded.sources)} {'personas' if s.unit == 'session' else 'utterances'}"
         table.add_row(s.id, s.unit, ", ".join(f"{r.id} {r.version}" for r in loaded.rubrics),
-                      str(sum(len(r.items) for r in loaded.rubrics)), clients,
-                      str(s.turns) if s.unit == "session" else "1", s.description)
+                      str(sum(len(r.items) for r in loaded.rubrics)), clients, str(s.turns))
     console.print(table)
+    for loaded in loaded_suites:
+        console.print(f"[bold]{loaded.suite.id}[/bold]: {escape(loaded.suite.description)}")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -122,19 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # so servers are stopped on SIGTERM as on Ctrl-C
     try:
         result = app(args=argv, standalone_mode=False, prog_name="evalkit")
-    except click.exceptions.UsageError as exc:
-        hint = f" ({exc.ctx.command_path} --help)" if exc.ctx else ""
+    except (KeyboardInterrupt, typer.Abort):
+        console.print("[bold red]interrupted[/bold red]: finished sessions are kept; re-run with --resume to continue")
+        return 130
+    except typer.TyperException as exc:  # usage errors; typer vendors click's exceptions under this base
+        if not exc.format_message():  # bare `evalkit`: the help was printed, nothing went wrong
+            return 0
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx else ""
         console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}{hint}", soft_wrap=True)
-        return 2
-    except click.exceptions.ClickException as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}", soft_wrap=True)
         return 2
     except EvalkitError as exc:
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         return 2
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print("[bold red]interrupted[/bold red]: finished sessions are kept; re-run with --resume to continue")
-        return 130
     return result if isinstance(result, int) else 0
 
 

