@@ -129,7 +129,7 @@ class Rubric(_Strict):
             if any(v is None for v in parts):
                 result = None
             else:
-                weighted = [v * comp.weights.get(p, 1.0) for p, v in zip(comp.parts, parts)]  # type: ignore[operator]
+                weighted = [v * comp.weights.get(p, 1.0) for p, v in zip(comp.parts, parts, strict=True)]  # type: ignore[operator]
                 result = sum(weighted) if comp.method == "sum" else sum(weighted) / len(weighted)
             values[comp.id] = out[comp.id] = result
         return out

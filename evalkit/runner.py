@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -211,24 +212,21 @@ def default_run_dir(suite_id: str, model: str | None) -> Path:
     return Path("results") / f"{suite_id}-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def run(model: str | None = None, suite: str = "act-fm", *, endpoint: str | None = None,
-        api_key_env: str | None = None, backend: BackendKind = "auto",
-        client: RoleSpec | None = None, judge: RoleSpec | None = None,
-        sessions: int | None = None, turns: int | None = None, concurrency: int = 16, judge_concurrency: int = 64,
-        out: str | Path | None = None, resume: bool = False, max_tokens: int | None = None,
-        temperature: float | None = None, max_model_len: int | None = None, vllm_args: list[str] | None = None,
-        trust_remote_code: bool = False, judge_settings: JudgeSettings = JudgeSettings(),
-        show_progress: bool = True, command: list[str] | None = None) -> RunResult:
+async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint: str | None = None,
+                    api_key_env: str | None = None, backend: BackendKind = "auto",
+                    client: RoleSpec | None = None, judge: RoleSpec | None = None,
+                    sessions: int | None = None, turns: int | None = None, concurrency: int = 16,
+                    judge_concurrency: int = 64, out: str | Path | None = None, resume: bool = False,
+                    max_tokens: int | None = None, temperature: float | None = None,
+                    max_model_len: int | None = None, vllm_args: list[str] | None = None,
+                    trust_remote_code: bool = False, judge_settings: JudgeSettings | None = None,
+                    show_progress: bool = True, command: list[str] | None = None) -> RunResult:
     """Simulate the suite's sessions against `model`, judge them, and write results/<run-id>/.
 
+    Use this form inside a running event loop (a notebook); `run` is the same for plain scripts.
     Raises `EvalkitError` (one-line message) for bad input or a backend that fails; what finished is kept.
     """
-    return asyncio.run(_run(**{k: v for k, v in locals().items()}))
-
-
-async def _run(model, suite, endpoint, api_key_env, backend, client, judge, sessions, turns, concurrency,
-               judge_concurrency, out, resume, max_tokens, temperature, max_model_len, vllm_args,
-               trust_remote_code, judge_settings, show_progress, command) -> RunResult:
+    judge_settings = judge_settings or JudgeSettings()
     if sessions is not None and sessions < 1:
         raise ConfigError(f"--sessions {sessions}: expected a positive number")
     if turns is not None and turns < 1:
@@ -301,15 +299,16 @@ async def _run(model, suite, endpoint, api_key_env, backend, client, judge, sess
 def _finish(store: RunStore, manifest: Manifest, status: str) -> Manifest:
     transcripts, scores = store.transcripts(), store.scores()
     rows = [row for session_rows in scores.values() for row in session_rows]
-    manifest = replace_manifest(manifest, status=status, ended_at=datetime.now(timezone.utc), counts={
+    manifest = manifest.model_copy(update={"status": status, "ended_at": datetime.now(timezone.utc), "counts": {
         "sessions": len(transcripts), "sessions_judged": len(scores),
-        "item_scores": len(rows), "invalid_item_scores": sum(not r.valid for r in rows)})
+        "item_scores": len(rows), "invalid_item_scores": sum(not r.valid for r in rows)}})
     store.write_manifest(manifest)
     return manifest
 
 
-def replace_manifest(manifest: Manifest, **changes) -> Manifest:
-    return manifest.model_copy(update=changes)
+@functools.wraps(run_async, assigned=("__doc__", "__annotations__"))
+def run(*args, **kwargs) -> RunResult:
+    return asyncio.run(run_async(*args, **kwargs))
 
 
 async def _simulate_and_judge(loaded, roles, store, cases, turns, sampling, concurrency, judge_concurrency,

@@ -198,3 +198,25 @@ def test_server_dies_mid_run_and_the_run_resumes(tiny_model, tmp_path):
     result = run_cli("run", *args, "--resume", timeout=900)
     assert result.code == 0, result.output
     assert_every_session_once(out, 6, 9)
+
+
+def test_python_api_mirrors_the_cli(vllm_endpoint, tmp_path):
+    import evalkit
+
+    result = evalkit.run(endpoint=vllm_endpoint, suite="psychocounsel", sessions=2, max_tokens=16,
+                         out=tmp_path / "api", show_progress=False)
+    assert result.manifest.status == "complete" and result.summary.sessions == 2
+    assert result.summary.rubrics["psychocounsel"].composites["overall"].n == 2
+    with pytest.raises(evalkit.EvalkitError, match="unknown suite"):
+        evalkit.run(endpoint=vllm_endpoint, suite="nope", out=tmp_path / "x", show_progress=False)
+
+
+def test_demo_command_from_the_readme(tmp_path):
+    """`evalkit demo` builds its own tiny model (into a private cache here) and runs act-fm end to end."""
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--out", out, "--sessions", "2", "--turns", "2", cwd=tmp_path, timeout=900,
+                     env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.code == 0, result.output
+    assert "demo finished" in result.output and str(out) in result.output.replace("\n", "")
+    assert len(read_jsonl(out / "transcripts.jsonl")) == 2
+    check_scores(out, "act-fm", 2)

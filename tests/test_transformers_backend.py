@@ -2,8 +2,8 @@
 
 import json
 
-from .test_run_vllm import check_scores, read_jsonl
 from .conftest import run_cli
+from .test_run_vllm import check_scores, read_jsonl
 
 
 def test_transformers_backend_run(tiny_model, tmp_path):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ..errors import BackendError, ConfigError
 from ..suites import SamplingParams
@@ -105,7 +105,7 @@ class OpenAIBackend:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self._max_attempts),
-                wait=wait_exponential_jitter(initial=0.5, max=8.0),
+                wait=wait_random_exponential(multiplier=0.5, max=8.0),
                 retry=retry_if_exception_type(_Transient),
                 reraise=True,
             ):

@@ -80,7 +80,7 @@ class TransformersBackend:
         allowed = full[token_ids]
         mass = float(allowed.sum())
         # Restricting decoding to the choices and renormalising is what vLLM's structured outputs do.
-        probs = {c: float(p) for c, p in zip(choices, self._torch.softmax(logits[token_ids], dim=-1))}
+        probs = {c: float(p) for c, p in zip(choices, self._torch.softmax(logits[token_ids], dim=-1), strict=True)}
         return ChoiceDistribution(probs=probs, mass=mass, constrained=True)
 
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
