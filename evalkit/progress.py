@@ -48,11 +48,13 @@ class RunProgress(EngineProgress):
 
     def start_judging(self, already: int) -> None:
         self._bar.start_task(self._judging)
-        self._judge_started = time.perf_counter()
+        self._judge_started, self._judged = time.perf_counter(), 0
         self._bar.update(self._judging, advance=already, rate=f"{already} resumed" if already else "")
 
     def items_judged(self, n: int) -> None:
-        self._bar.update(self._judging, advance=n)
+        self._judged += n
+        rate = self._judged / max(time.perf_counter() - self._judge_started, 1e-6)
+        self._bar.update(self._judging, advance=n, rate=f"{rate:,.1f} items/s")
 
 
 def _fmt(value: float | None) -> str:

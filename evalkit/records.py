@@ -56,7 +56,9 @@ class ItemScore(_Record):
     judge: str
 
 
-class RoleRecord(_Record):
+class BackendRecord(_Record):
+    """What is known about the model behind a backend (never a key)."""
+
     kind: Literal["openai", "vllm-managed", "transformers"]
     model: str
     endpoint: str | None = None
@@ -65,6 +67,9 @@ class RoleRecord(_Record):
     model_hash: str | None = None
     server: str | None = None
     server_version: str | None = None
+
+
+class RoleRecord(BackendRecord):
     defaulted_to_therapist: bool = False
 
 

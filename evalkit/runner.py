@@ -171,7 +171,9 @@ def _resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[str, _Role], list[s
     hashes: dict[Path, str] = {}
     for role in roles.values():
         if role.model_path is not None:
-            role.model_hash = hashes.setdefault(role.model_path, hash_model_dir(role.model_path))
+            if role.model_path not in hashes:
+                hashes[role.model_path] = hash_model_dir(role.model_path)
+            role.model_hash = hashes[role.model_path]
     return roles, warnings
 
 
@@ -201,10 +203,10 @@ def _config(loaded: LoadedSuite, roles: dict[str, _Role], turns: int, sampling: 
 
 
 def _role_record(role: _Role) -> RoleRecord:
-    info = role.backend.info  # type: ignore[union-attr]
-    return RoleRecord(kind=info.kind, model=info.model, endpoint=info.endpoint if role.kind == "openai" else None,
-                      api_key_env=info.api_key_env, model_path=info.model_path, model_hash=info.model_hash,
-                      server=info.server, server_version=info.server_version, defaulted_to_therapist=role.defaulted)
+    info = role.backend.info.model_dump()  # type: ignore[union-attr]
+    if role.kind != "openai":
+        info["endpoint"] = None  # a managed server's loopback port means nothing after the run
+    return RoleRecord(**info, defaulted_to_therapist=role.defaulted)
 
 
 def default_run_dir(suite_id: str, model: str | None) -> Path:
@@ -248,18 +250,18 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
     backends = _Backends(directory, max_model_len=max_model_len, vllm_args=list(vllm_args or []),
                          trust_remote_code=trust_remote_code)
 
-    # Endpoint roles are cheap to check and name their model, which the configuration needs.
-    for role in roles.values():
-        if role.kind == "openai":
-            role.backend = await backends.build(role)
-            role.identity = f"openai:{role.spec.endpoint}:{role.backend.info.model}"
-    config = _config(loaded, roles, turns, sampling, judge_settings)
-    previous = store.prepare(config, resume=resume)
-    for warning in warnings:
-        console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
-    cases = loaded.cases(sessions)
     manifest: Manifest | None = None
+    cases = loaded.cases(sessions)
     try:
+        # Endpoint roles are cheap to check and name their model, which the configuration needs.
+        for role in roles.values():
+            if role.kind == "openai":
+                role.backend = await backends.build(role)
+                role.identity = f"openai:{role.spec.endpoint}:{role.backend.info.model}"
+        config = _config(loaded, roles, turns, sampling, judge_settings)
+        previous = store.prepare(config, resume=resume)
+        for warning in warnings:
+            console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
         for role in roles.values():
             role.backend = role.backend or await backends.build(role)
         manifest = Manifest(
@@ -282,7 +284,7 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
         done = len(store.transcripts())
         raise RunInterrupted(f"{why}. {done} of {len(cases)} sessions finished and are kept in {directory}; "
                              f"re-run the same command with --resume to continue") from None
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except BaseException:
         if manifest:
             _finish(store, manifest, "interrupted")
         raise

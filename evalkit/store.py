@@ -83,7 +83,9 @@ class RunStore:
         if old is None:
             if resume:
                 raise ConfigError(f"--resume: {self.directory} holds no evalkit run to resume")
-            if self.directory.exists() and any(self.directory.iterdir()):
+            # Logs of a managed server that failed to start are evalkit's own; anything else is the user's.
+            ours = lambda p: p.name.startswith("vllm-") and p.suffix == ".log"  # noqa: E731
+            if self.directory.exists() and any(not ours(p) for p in self.directory.iterdir()):
                 raise RunDirectoryConflict(f"{self.directory} exists and is not an evalkit run; choose another --out")
             self.directory.mkdir(parents=True, exist_ok=True)
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -53,10 +54,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_endpoint(tiny_model, tmp_path_factory) -> str:
-    """One real vLLM server for the whole test session, started by hand (not by `evalkit run`)."""
+    """One real vLLM server for the whole test session, started by hand (not by `evalkit run`).
+
+    It serves its own copy of the model, so tests can tell its processes from servers evalkit manages."""
     from evalkit.backends.vllm_server import ManagedVLLMServer
 
-    server = ManagedVLLMServer(str(tiny_model), served_name="tiny", max_model_len=int(TINY_MAX_MODEL_LEN),
+    served = tmp_path_factory.mktemp("served") / "tiny"
+    shutil.copytree(tiny_model, served)
+    server = ManagedVLLMServer(str(served), served_name="tiny", max_model_len=int(TINY_MAX_MODEL_LEN),
                                extra_args=TINY_VLLM_ARGS.split(),
                                log_path=tmp_path_factory.mktemp("vllm") / "server.log")
     server.start()

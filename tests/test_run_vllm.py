@@ -176,7 +176,8 @@ def test_server_dies_mid_run_and_the_run_resumes(tiny_model, tmp_path):
     proc = _start_run(*args)
     _wait_for_lines(out / "transcripts.jsonl", 2, proc)
     # The server (API process and its engine workers) runs in a process group of its own.
-    (group,) = {os.getpgid(p.pid) for p in vllm_processes_for(tiny_model)}
+    servers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p in vllm_processes_for(tiny_model)]
+    (group,) = {os.getpgid(p.pid) for p in servers}
     os.killpg(group, signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
     result_lines = [line for line in output.splitlines() if line.startswith("error:")]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from ..errors import BackendError
+from ..records import BackendRecord as BackendInfo
 from ..suites import SamplingParams
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -33,21 +34,6 @@ class ChoiceDistribution:
     probs: dict[str, float]
     mass: float | None
     constrained: bool
-
-
-@dataclass
-class BackendInfo:
-    """What the manifest records about a role's backend (never a key)."""
-
-    kind: Literal["openai", "vllm-managed", "transformers"]
-    model: str
-    endpoint: str | None = None
-    api_key_env: str | None = None
-    model_path: str | None = None
-    model_hash: str | None = None
-    server: str | None = None
-    server_version: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class ContextLengthExceeded(Exception):
