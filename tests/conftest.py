@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,11 +57,16 @@ def tiny_model(tmp_path_factory) -> Path:
 def vllm_endpoint(tiny_model, tmp_path_factory) -> str:
     """One real vLLM server for the whole test session, started by hand (not by `evalkit run`).
 
-    It serves its own copy of the model, so tests can tell its processes from servers evalkit manages."""
+    It serves its own copy of the model, so tests can tell its processes from servers evalkit manages.
+    That copy carries aggressive sampling defaults, which vLLM applies to every request that leaves them
+    unset: the judge must neutralise them or its distributions collapse to a point."""
     from evalkit.backends.vllm_server import ManagedVLLMServer
 
     served = tmp_path_factory.mktemp("served") / "tiny"
     shutil.copytree(tiny_model, served)
+    generation_config = json.loads((served / "generation_config.json").read_text())
+    generation_config.update(top_k=2, top_p=0.5, repetition_penalty=1.5)
+    (served / "generation_config.json").write_text(json.dumps(generation_config))
     server = ManagedVLLMServer(str(served), served_name="tiny", max_model_len=int(TINY_MAX_MODEL_LEN),
                                extra_args=TINY_VLLM_ARGS.split(),
                                log_path=tmp_path_factory.mktemp("vllm") / "server.log")

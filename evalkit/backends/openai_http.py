@@ -152,16 +152,22 @@ class OpenAIBackend:
         )
 
     async def choice_distribution(self, messages: list[Message], choices: list[str]) -> ChoiceDistribution:
+        # Every sampling knob set to neutral: the reported probabilities must be the model's own. vLLM fills
+        # unset knobs from the model's generation_config.json, and e.g. top_k=2 there collapses the
+        # distribution to a point mass.
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "max_tokens": 1,
-            "temperature": 1.0,  # so reported probabilities are the model's own, not sharpened
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
             "logprobs": True,
             "top_logprobs": TOP_LOGPROBS,
         }
         if self.server_is_vllm:
-            body["structured_outputs"] = {"choice": choices}
+            body.update(top_k=-1, min_p=0.0, repetition_penalty=1.0, structured_outputs={"choice": choices})
         data = await self._post(body)
         try:
             top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
