@@ -114,18 +114,19 @@ def suites() -> None:
         console.print(f"[bold]{loaded.suite.id}[/bold]: {escape(loaded.suite.description)}")
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _sigterm_as_sigint(signum: int, frame: object) -> None:
+    # asyncio's runner turns SIGINT into a clean cancellation of the run (servers stopped, manifest
+    # marked interrupted); SIGTERM should do exactly the same.
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit code 2 for bad input; 130 when interrupted."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so servers are stopped on SIGTERM as on Ctrl-C
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
         result = app(args=argv, standalone_mode=False, prog_name="evalkit")
     except (KeyboardInterrupt, typer.Abort):
-        console.print("[bold red]interrupted[/bold red]: finished sessions are kept; re-run with --resume to continue")
-        return 130
+        result = 130
     except typer.TyperException as exc:  # usage errors; typer vendors click's exceptions under this base
         if not exc.format_message():  # bare `evalkit`: the help was printed, nothing went wrong
             return 0
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except EvalkitError as exc:
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         return 2
+    if result == 130:  # typer turns Ctrl-C into exit code 130
+        console.print("[bold red]interrupted[/bold red]: finished sessions are kept; re-run with --resume to continue")
     return result if isinstance(result, int) else 0
 
 

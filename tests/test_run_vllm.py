@@ -170,10 +170,11 @@ def test_sigkill_mid_run_then_resume(vllm_endpoint, tmp_path):
 
 
 def test_server_dies_mid_run_and_the_run_resumes(tiny_model, tmp_path):
-    """The managed server is killed mid-run: evalkit stops with one line and keeps what is done.
-    Then evalkit itself is SIGKILLed while resuming: its server must not outlive it. A last resume completes."""
+    """The managed server is killed mid-run: evalkit stops with one line and keeps what is done. Then evalkit
+    is stopped with SIGTERM, then SIGKILLed, while resuming: its server must never outlive it. A last resume
+    completes with every session exactly once."""
     out = tmp_path / "run"
-    args = ["--model", tiny_model, "--suite", "tes", "--sessions", "6", "--turns", "3", "--out", out,
+    args = ["--model", tiny_model, "--suite", "tes", "--sessions", "8", "--turns", "3", "--out", out,
             "--concurrency", "1", *SMALL]
     proc = _start_run(*args)
     _wait_for_lines(out / "transcripts.jsonl", 2, proc)
@@ -187,8 +188,19 @@ def test_server_dies_mid_run_and_the_run_resumes(tiny_model, tmp_path):
     assert len(result_lines) == 1 and "--resume" in result_lines[0] and "exited" in result_lines[0], output
     assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
     kept = len(read_jsonl(out / "transcripts.jsonl"))
-    assert 2 <= kept < 6
+    assert 2 <= kept < 8
 
+    # SIGTERM (as from a CI runner or `kill`): a clean stop, exit 130, server stopped, manifest says so.
+    proc = _start_run(*args, "--resume")
+    _wait_for_lines(out / "transcripts.jsonl", kept + 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in output and "interrupted" in output, output
+    assert not vllm_processes_for(tiny_model), "SIGTERM left the managed server running"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    kept = len(read_jsonl(out / "transcripts.jsonl"))
+
+    # SIGKILL cannot be caught: the kernel's parent-death signal must still take the server down.
     proc = _start_run(*args, "--resume")
     _wait_for_lines(out / "transcripts.jsonl", kept + 1, proc)
     proc.send_signal(signal.SIGKILL)
@@ -200,7 +212,7 @@ def test_server_dies_mid_run_and_the_run_resumes(tiny_model, tmp_path):
 
     result = run_cli("run", *args, "--resume", timeout=900)
     assert result.code == 0, result.output
-    assert_every_session_once(out, 6, 9)
+    assert_every_session_once(out, 8, 9)
 
 
 def test_python_api_mirrors_the_cli(vllm_endpoint, tmp_path):
