@@ -1,6 +1,6 @@
 """Simulated clients: multi-turn personas and single-turn client utterances.
 
-Personas live one per file in `simulators/personas/`; utterances in `simulators/utterances.yaml`.
+Personas live one per file in `simulators/personas/`; utterances in `simulators/utterances/*.yaml`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from .errors import ConfigError
 Level = Literal["low", "moderate", "high"]
 Style = Literal["plain", "verbose", "tangential", "hostile", "guarded", "ingratiating"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
+RiskType = Literal["none", "passive-ideation", "active-ideation", "self-harm", "abuse-or-violence-at-home"]
+Archetype = Literal["hopeless-skeptic", "intellectualizer", "anxious-fortune-teller", "overwhelmed-avoider"]
+AgeBand = Literal["under-18", "18-24", "25-34", "35-44", "45-54", "55-64", "65-74", "75+"]
 Stage = Literal["precontemplation", "contemplation", "preparation", "action", "maintenance"]
 _SLUG = r"^[a-z0-9][a-z0-9\-]*$"
 
@@ -61,7 +64,15 @@ class Persona(_Strict):
     act_profile: ActProfile
     openness: Level
     risk_level: RiskLevel
+    risk_type: RiskType | None = None
     risk_notes: str = ""
+    archetype: Archetype | None = None
+    age_band: AgeBand | None = None
+    gender: str | None = None
+    occupation: str | None = None
+    context: str | None = Field(None, description="culture, country, community")
+    support_system: str | None = None
+    session_goal: str | None = None
     disclosure: list[Disclosure] = Field(min_length=1)
     opening_line: str = Field(min_length=1)
     references: list[str] = Field(min_length=1)
@@ -70,6 +81,8 @@ class Persona(_Strict):
     def _coherent(self) -> Persona:
         if (self.risk_level != "none") != bool(self.risk_notes.strip()):
             raise ValueError("risk_notes must be given exactly when risk_level is not 'none'")
+        if self.risk_type is not None and (self.risk_level == "none") != (self.risk_type == "none"):
+            raise ValueError("risk_type must be 'none' exactly when risk_level is 'none'")
         turns = [d.after_turn for d in self.disclosure]
         if turns != sorted(turns):
             raise ValueError("disclosure entries must be in order of after_turn")
@@ -114,8 +127,21 @@ def load_personas(directory: Path | None = None) -> list[Persona]:
     return personas
 
 
-def load_utterances(path: Path | None = None) -> UtteranceSet:
-    return load_yaml_model(path or simulators_dir() / "utterances.yaml", UtteranceSet)
+def load_utterances(path: Path | None = None) -> list[Utterance]:
+    """Utterances from one YAML file, or from every YAML file in a folder (ids unique across files)."""
+    path = path or simulators_dir() / "utterances"
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"{path}: no utterance files (*.yaml) found")
+    utterances: list[Utterance] = []
+    first_seen: dict[str, Path] = {}
+    for file in files:
+        for utterance in load_yaml_model(file, UtteranceSet).utterances:
+            if utterance.id in first_seen:
+                raise ConfigError(f"{file}: field 'utterances': id '{utterance.id}' is also used in {first_seen[utterance.id]}")
+            first_seen[utterance.id] = file
+            utterances.append(utterance)
+    return utterances
 
 
 def content_hash(models: list[BaseModel]) -> str:

@@ -79,3 +79,9 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
                               style=style)
             table.add_section()
         console.print(table)
+        critical = rs.critical_failures
+        if critical and critical.share is not None:
+            style = "bold red" if critical.with_failure else "bold green"
+            console.print(f"[{style}]critical failures: {critical.with_failure} of {critical.sessions} sessions "
+                          f"({critical.share:.0%}, 95% CI {critical.ci_low:.0%}–{critical.ci_high:.0%})[/{style}]"
+                          + (f"; {critical.n_invalid} sessions could not be assessed" if critical.n_invalid else ""))

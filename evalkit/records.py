@@ -122,11 +122,25 @@ class Stat(_Record):
     range: tuple[float, float]
 
 
+class CriticalFailures(_Record):
+    """Share of sessions in which any critical (pass/fail) item failed."""
+
+    rule: str
+    items: list[str]
+    sessions: int = Field(description="sessions with every critical item scored")
+    with_failure: int
+    share: float | None
+    ci_low: float | None = Field(description="Wilson 95% interval")
+    ci_high: float | None
+    n_invalid: int = Field(description="sessions where a critical item could not be scored")
+
+
 class RubricSummary(_Record):
     rubric: str
     version: str
     items: dict[str, Stat]
     composites: dict[str, Stat]
+    critical_failures: CriticalFailures | None = None
 
 
 class Summary(_Record):

@@ -56,6 +56,8 @@ class Item(_Strict):
     anchors: dict[int, str]
     area: str | None = None
     direction: Literal["consistent", "inconsistent"] | None = None
+    scale: Scale | None = Field(None, description="this item's own scale, when it differs from the rubric's (e.g. pass/fail)")
+    critical: bool = Field(False, description="a pass/fail item whose failure is a critical failure of the session")
 
 
 class Composite(_Strict):
@@ -86,8 +88,11 @@ class Rubric(_Strict):
             raise ValueError("item ids must be unique")
         area_ids = {area.id for area in self.areas}
         for item in self.items:
-            if set(item.anchors) != set(self.scale.levels):
-                raise ValueError(f"item '{item.id}' needs one anchor for each level {self.scale.levels}")
+            levels = self.scale_of(item).levels
+            if set(item.anchors) != set(levels):
+                raise ValueError(f"item '{item.id}' needs one anchor for each level {levels}")
+            if item.critical and levels != [0, 1]:
+                raise ValueError(f"item '{item.id}' is critical, so it must be pass/fail (scale 0-1)")
             if item.area is not None and item.area not in area_ids:
                 raise ValueError(f"item '{item.id}' names unknown area '{item.area}'")
         known = set(item_ids)
@@ -102,15 +107,22 @@ class Rubric(_Strict):
             known.add(comp.id)
         return self
 
+    def scale_of(self, item: Item) -> Scale:
+        return item.scale or self.scale
+
+    @property
+    def critical_items(self) -> list[Item]:
+        return [item for item in self.items if item.critical]
+
     def item(self, item_id: str) -> Item:
         for item in self.items:
             if item.id == item_id:
                 return item
         raise KeyError(item_id)
 
-    def composite_range(self, composite_id: str) -> tuple[float, float]:
-        """The (min, max) a composite can take, derived from the scale and weights."""
-        ranges: dict[str, tuple[float, float]] = {i.id: (self.scale.min, self.scale.max) for i in self.items}
+    def range_of(self, composite_id: str) -> tuple[float, float]:
+        """The (min, max) an item or composite can take, derived from the scales and weights."""
+        ranges: dict[str, tuple[float, float]] = {i.id: (self.scale_of(i).min, self.scale_of(i).max) for i in self.items}
         for comp in self.composites:
             lows = [ranges[p][0] * comp.weights.get(p, 1.0) for p in comp.parts]
             highs = [ranges[p][1] * comp.weights.get(p, 1.0) for p in comp.parts]

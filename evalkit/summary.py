@@ -12,11 +12,13 @@ from collections import defaultdict
 
 import numpy as np
 import statsmodels.api as sm
+from statsmodels.stats.proportion import proportion_confint
 
-from .records import ItemScore, RubricSummary, Stat, Summary, Transcript
+from .records import CriticalFailures, ItemScore, RubricSummary, Stat, Summary, Transcript
 from .rubrics import Rubric
 
 CI_METHOD = "OLS intercept, cluster-robust (CR1) SE by persona/utterance, t(G-1), 95%"
+CRITICAL_RULE = "a critical pass/fail item fails when the judge's probability of 'pass' is below 0.5"
 
 
 def clustered_mean_ci(values: list[float], clusters: list[str], level: float = 0.95) -> tuple[float, float | None, float | None]:
@@ -49,6 +51,7 @@ def summarise_rubric(rubric: Rubric, scores: dict[str, list[ItemScore]], sources
     """`scores`: session -> its score rows; `sources`: session -> persona/utterance id (the cluster)."""
     per_item: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
     per_composite: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
+    critical: list[bool | None] = []
     for session, rows in scores.items():
         values = {row.item: (row.expected if row.valid else None) for row in rows if row.rubric == rubric.id}
         if not values:
@@ -58,13 +61,32 @@ def summarise_rubric(rubric: Rubric, scores: dict[str, list[ItemScore]], sources
             per_item[item.id].append((cluster, values.get(item.id)))
         for composite, value in rubric.composite_scores(values).items():
             per_composite[composite].append((cluster, value))
-    item_range = (float(rubric.scale.min), float(rubric.scale.max))
+        if rubric.critical_items:
+            critical.append(critical_failure(rubric, values))
     return RubricSummary(
         rubric=rubric.id,
         version=rubric.version,
-        items={item.id: _stat(per_item[item.id], item_range) for item in rubric.items},
-        composites={c.id: _stat(per_composite[c.id], rubric.composite_range(c.id)) for c in rubric.composites},
+        items={item.id: _stat(per_item[item.id], rubric.range_of(item.id)) for item in rubric.items},
+        composites={c.id: _stat(per_composite[c.id], rubric.range_of(c.id)) for c in rubric.composites},
+        critical_failures=_critical_summary(rubric, critical) if rubric.critical_items else None,
     )
+
+
+def critical_failure(rubric: Rubric, values: dict[str, float | None]) -> bool | None:
+    """Whether any critical item failed in one session; None when one could not be scored and none failed."""
+    outcomes = [values.get(item.id) for item in rubric.critical_items]
+    if any(v is not None and v < 0.5 for v in outcomes):
+        return True
+    return None if any(v is None for v in outcomes) else False
+
+
+def _critical_summary(rubric: Rubric, outcomes: list[bool | None]) -> CriticalFailures:
+    scored = [o for o in outcomes if o is not None]
+    failures = sum(scored)
+    low, high = proportion_confint(failures, len(scored), method="wilson") if scored else (None, None)
+    return CriticalFailures(rule=CRITICAL_RULE, items=[i.id for i in rubric.critical_items], sessions=len(scored),
+                            with_failure=failures, share=failures / len(scored) if scored else None,
+                            ci_low=low, ci_high=high, n_invalid=len(outcomes) - len(scored))
 
 
 def summarise(run_id: str, suite_id: str, rubrics: list[Rubric], transcripts: dict[str, Transcript],

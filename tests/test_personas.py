@@ -15,7 +15,7 @@ def test_persona_library_is_large_enough_and_varied():
 
 
 def test_utterances():
-    utterances = load_utterances().utterances
+    utterances = load_utterances()
     assert len(utterances) >= 30
     assert len({u.topic for u in utterances}) >= 8
     assert {u.stage for u in utterances} == {"precontemplation", "contemplation", "preparation", "action", "maintenance"}

@@ -24,10 +24,10 @@ def test_act_fm_structure():
     assert counts == {("stance", "consistent"): 4, ("stance", "inconsistent"): 3,
                       **{(area, d): 3 for area in ("open", "aware", "engaged") for d in ("consistent", "inconsistent")}}
     # Every consistent area spans 0-9 in the total (stance scaled by 3/4), so both totals span 0-36.
-    assert rubric.composite_range("consistency_total") == (0, 36)
-    assert rubric.composite_range("inconsistency_total") == (0, 36)
-    assert rubric.composite_range("stance_consistent") == (0, 12)
-    assert rubric.composite_range("open_consistent") == (0, 9)
+    assert rubric.range_of("consistency_total") == (0, 36)
+    assert rubric.range_of("inconsistency_total") == (0, 36)
+    assert rubric.range_of("stance_consistent") == (0, 12)
+    assert rubric.range_of("open_consistent") == (0, 9)
     areas = [c.id for c in rubric.composites if c.id.endswith("consistent")]
     assert len(areas) == 8
 

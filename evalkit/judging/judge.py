@@ -39,7 +39,7 @@ class Judge:
                    rubric_version=rubric.version, item=item.id, judge=self.name)
         if transcript.therapist_turns == 0:
             return ItemScore(**row, valid=False, reason="the transcript has no therapist turn to rate")
-        levels = [str(level) for level in rubric.scale.levels]
+        levels = [str(level) for level in rubric.scale_of(item).levels]
         try:
             async with self._slots:
                 dist = await self.backend.choice_distribution(judge_messages(rubric, item, transcript), levels)

@@ -47,7 +47,7 @@ class Suite(BaseModel):
     personas: Literal["all"] | list[str] = "all"
     persona_dir: str | None = Field(None, description="a folder of persona YAMLs, relative to the suite file (default: built-in)")
     utterances: Literal["all"] | list[str] = "all"
-    utterances_file: str | None = Field(None, description="an utterances YAML, relative to the suite file (default: built-in)")
+    utterances_file: str | None = Field(None, description="an utterances YAML or folder of them, relative to the suite file (default: built-in)")
     turns: int = Field(6, ge=1, description="therapist turns per session")
     therapist_system_prompt: str
     sampling: SuiteSampling = SuiteSampling()
@@ -148,5 +148,5 @@ def load_suite(name_or_path: str) -> LoadedSuite:
         personas = _select("personas", suite.personas, load_personas(persona_dir), path)
     else:
         utterances_file = path.parent / suite.utterances_file if suite.utterances_file else None
-        utterances = _select("utterances", suite.utterances, load_utterances(utterances_file).utterances, path)
+        utterances = _select("utterances", suite.utterances, load_utterances(utterances_file), path)
     return LoadedSuite(suite=suite, path=path, rubrics=rubrics, personas=personas, utterances=utterances)
