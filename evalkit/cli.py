@@ -18,7 +18,8 @@ from rich.table import Table
 from .errors import EvalkitError
 from .judging import JudgeSettings
 from .progress import console
-from .runner import BackendKind, RoleSpec, run
+from .roles import BackendKind, RoleSpec
+from .runner import run
 from .suites import available_suites, load_suite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -72,6 +73,29 @@ def run_command(
         resume=resume, max_tokens=max_tokens, temperature=temperature, max_model_len=max_model_len,
         vllm_args=shlex.split(vllm_args), trust_remote_code=trust_remote_code,
         judge_settings=JudgeSettings(min_mass=judge_min_mass), show_progress=not quiet, command=sys.argv)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories, one per condition.")],
+    baseline: Annotated[Optional[Path], typer.Option(help="Baseline run (e.g. GPT-4o): win rates of every run against it.")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option(help="Metric(s) to analyse, e.g. act-fm.consistency_total (default: all).")] = None,
+    matched: Annotated[bool, typer.Option(help="Analyse only the sessions every run shares.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Where comparison.json and CSVs go (default: beside the runs).")] = None,
+    pairwise_judge_model: Annotated[Optional[str], typer.Option(help="Judge for pairwise preference against the baseline (model path/id).")] = None,
+    pairwise_judge_endpoint: Annotated[Optional[str], typer.Option(help="Endpoint of the pairwise judge.")] = None,
+    pairwise_judge_api_key_env: Annotated[Optional[str], typer.Option()] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for Bradley-Terry CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for the bootstrap.")] = 0,
+) -> None:
+    """Statistics across stored runs: mixed-model Wald chi-square, nonparametric tests, contrasts, win rates."""
+    from .compare import compare as run_compare
+
+    judge = None
+    if pairwise_judge_model or pairwise_judge_endpoint:
+        judge = RoleSpec(pairwise_judge_model, pairwise_judge_endpoint, pairwise_judge_api_key_env)
+    run_compare(runs, baseline=baseline, metrics=metric, matched=matched, out=out, pairwise_judge=judge,
+                bootstrap_rounds=bootstrap, seed=seed)
 
 
 @app.command()

@@ -66,6 +66,7 @@ class Composite(_Strict):
     method: Literal["sum", "mean"]
     parts: list[str] = Field(min_length=1)
     weights: dict[str, float] = {}
+    better: Literal["higher", "lower"] = "higher"
 
 
 class Rubric(_Strict):
@@ -106,6 +107,13 @@ class Rubric(_Strict):
                 raise ValueError(f"composite '{comp.id}' weights parts it does not have")
             known.add(comp.id)
         return self
+
+    def better(self, score_id: str) -> Literal["higher", "lower"]:
+        """Which direction is better for an item (ACT-inconsistent items: lower) or composite."""
+        for comp in self.composites:
+            if comp.id == score_id:
+                return comp.better
+        return "lower" if self.item(score_id).direction == "inconsistent" else "higher"
 
     def scale_of(self, item: Item) -> Scale:
         return item.scale or self.scale

@@ -1,0 +1,160 @@
+"""Roles (therapist, client, judge): which model plays each, and the backends that reach them.
+
+One backend per distinct model; managed vLLM servers are owned here and stopped on close.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rich.markup import escape
+
+from .backends.base import Backend, BackendInfo
+from .backends.openai_http import OpenAIBackend
+from .backends.transformers_local import TransformersBackend
+from .backends.vllm_server import ManagedVLLMServer, tail
+from .errors import ConfigError, ModelNotFound
+from .progress import console
+from .provenance import hash_model_dir
+
+ROLES = ("therapist", "client", "judge")
+BackendKind = Literal["auto", "openai", "vllm", "transformers"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """Which model plays a role, and how it is reached."""
+
+    model: str | None = None
+    endpoint: str | None = None
+    api_key_env: str | None = None
+    backend: BackendKind = "auto"
+
+    @property
+    def given(self) -> bool:
+        return self.model is not None or self.endpoint is not None
+
+    def resolved_kind(self, flag: str) -> Literal["openai", "vllm-managed", "transformers"]:
+        if self.backend == "transformers":
+            if self.endpoint:
+                raise ConfigError(f"--{flag}backend transformers runs the model in-process; drop --{flag}endpoint")
+            return "transformers"
+        if self.endpoint or self.backend == "openai":
+            if not self.endpoint:
+                raise ConfigError(f"--{flag}backend openai needs --{flag}endpoint")
+            return "openai"
+        return "vllm-managed"
+
+
+@dataclass
+class Role:
+    spec: RoleSpec
+    kind: Literal["openai", "vllm-managed", "transformers"]
+    identity: str
+    model_path: Path | None = None
+    model_hash: str | None = None
+    defaulted: bool = False
+    backend: Backend | None = None
+
+
+def check_model_path(model: str, flag: str) -> Path | None:
+    """A local model directory, or None for a hub id; anything else is a user error."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFound(f"--{flag}model {model}: not a directory (expected a model folder with config.json)")
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"--{flag}model {model}: not a model directory (no config.json)")
+        try:
+            (path / "config.json").read_bytes()
+        except OSError as exc:
+            raise ModelNotFound(f"--{flag}model {model}: cannot read config.json ({exc.strerror})") from None
+        return path.resolve()
+    if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+        return None
+    raise ModelNotFound(f"--{flag}model {model}: no such directory")
+
+
+def _served_name(path: Path | None, model: str) -> str:
+    return path.name if path else model
+
+
+class Backends:
+    """Builds one backend per distinct model and owns the managed servers behind them."""
+
+    def __init__(self, run_dir: Path, *, max_model_len: int | None, vllm_args: list[str], trust_remote_code: bool):
+        self.run_dir = run_dir
+        self.max_model_len = max_model_len
+        self.vllm_args = vllm_args
+        self.trust_remote_code = trust_remote_code
+        self.servers: dict[str, ManagedVLLMServer] = {}
+        self._by_identity: dict[str, Backend] = {}
+
+    async def build(self, role: Role) -> Backend:
+        if role.identity in self._by_identity:
+            return self._by_identity[role.identity]
+        spec = role.spec
+        if role.kind == "openai":
+            backend: Backend = await OpenAIBackend.connect(spec.endpoint, spec.model, api_key_env=spec.api_key_env)  # type: ignore[arg-type]
+        elif role.kind == "transformers":
+            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
+            info = BackendInfo(kind="transformers", model=name, model_path=str(role.model_path), model_hash=role.model_hash)
+            backend = TransformersBackend(str(role.model_path or spec.model), served_name=name,
+                                          trust_remote_code=self.trust_remote_code, info=info)
+        else:
+            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
+            server = ManagedVLLMServer(str(role.model_path or spec.model), served_name=name,
+                                       log_path=self.run_dir / f"vllm-{name}.log", max_model_len=self.max_model_len,
+                                       extra_args=self.vllm_args)
+            console.print(f"starting vLLM {server.version or ''} for [bold]{escape(name)}[/bold] "
+                          f"(log: {server.log_path})")
+            server.start()  # blocks the loop on purpose: nothing else runs yet, and it must be the main thread
+            self.servers[role.identity] = server
+            backend = await OpenAIBackend.connect(server.url, name, kind="vllm-managed")
+            backend.info.model_path, backend.info.model_hash = str(role.model_path or spec.model), role.model_hash
+        self._by_identity[role.identity] = backend
+        return backend
+
+    def explain_failure(self) -> str:
+        dead = [(s.served_name, s) for s in self.servers.values() if s.process and s.process.poll() is not None]
+        return "; ".join(f"vLLM for {name} exited with code {s.process.returncode}: {tail(s.log_path, 3)}"  # type: ignore[union-attr]
+                         for name, s in dead)
+
+    async def close(self) -> None:
+        for backend in self._by_identity.values():
+            await backend.aclose()
+        for server in self.servers.values():
+            server.stop()
+
+
+def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[str, Role], list[str]]:
+    warnings = []
+    therapist = specs["therapist"]
+    if not therapist.given:
+        raise ConfigError("--model (or --endpoint) is required: which model is under test?")
+    roles: dict[str, Role] = {}
+    for name in ROLES:
+        spec, defaulted = specs.get(name) or RoleSpec(), False
+        if not spec.given:
+            spec, defaulted = therapist, True
+        flag = "" if name == "therapist" else f"{name}-"
+        kind = spec.resolved_kind(flag)
+        path = check_model_path(spec.model, flag) if spec.model and kind != "openai" else None
+        identity = f"{kind}:{path or spec.model}" if kind != "openai" else f"openai:{spec.endpoint}:{spec.model or ''}"
+        roles[name] = Role(spec=spec, kind=kind, identity=identity, model_path=path, defaulted=defaulted)
+    if roles["client"].defaulted:
+        warnings.append("self-play: the simulated client is the model under test (give --client-model or --client-endpoint)")
+    if roles["judge"].defaulted:
+        warnings.append("self-judged: the judge is the model under test; its scores are not an independent rating "
+                        "(give --judge-model or --judge-endpoint)")
+    hashes: dict[Path, str] = {}
+    for role in roles.values():
+        if role.model_path is not None:
+            if role.model_path not in hashes:
+                hashes[role.model_path] = hash_model_dir(role.model_path)
+            role.model_hash = hashes[role.model_path]
+    return roles, warnings
