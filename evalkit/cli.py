@@ -138,6 +138,50 @@ def suites() -> None:
         console.print(f"[bold]{loaded.suite.id}[/bold]: {escape(loaded.suite.description)}")
 
 
+@app.command()
+def personas(
+    coverage: Annotated[bool, typer.Option("--coverage", help="Print the coverage matrix; fail when a declared cell is short.")] = False,
+    directory: Annotated[Optional[Path], typer.Option("--dir", help="A persona folder (default: the built-in library).")] = None,
+) -> None:
+    """List the simulated-client personas, or check the library's coverage."""
+    from .coverage import coverage_counts, load_coverage_spec, shortfalls
+    from .personas import load_personas
+
+    library = load_personas(directory)
+    if not coverage:
+        table = Table(title=f"{len(library)} personas", title_justify="left")
+        for column in ("id", "problem", "archetype", "style", "openness", "risk"):
+            table.add_column(column)
+        for p in library:
+            table.add_row(p.id, p.presenting_problem, p.archetype, p.conversational_style, p.openness, p.risk_type)
+        console.print(table)
+        return
+    spec = load_coverage_spec()
+    styles = list(spec.cells["conversational_style"])
+    matrix = Table(title=f"archetype × conversational style ({len(library)} personas)", title_justify="left")
+    matrix.add_column("archetype")
+    for style in styles:
+        matrix.add_column(style, justify="right")
+    for archetype in spec.cells["archetype"]:
+        matrix.add_row(archetype, *(str(sum(p.archetype == archetype and p.conversational_style == s for p in library)) for s in styles))
+    console.print(matrix)
+    counts = coverage_counts(library, spec)
+    cells = Table(title="declared cells", title_justify="left")
+    for column in ("dimension", "value", "personas", "minimum"):
+        cells.add_column(column)
+    for dimension, declared in spec.cells.items():
+        for value, minimum in declared.items():
+            have = counts[dimension][value]
+            cells.add_row(dimension, value, f"[{'green' if have >= minimum else 'red'}]{have}[/]", str(minimum))
+    console.print(cells)
+    console.print(f"presenting problems: {len({p.presenting_problem for p in library})}; "
+                  f"with risk: {sum(p.risk_level != 'none' for p in library)}")
+    short = shortfalls(library, spec)
+    if short:
+        console.print(f"[bold red]coverage short:[/bold red] {'; '.join(short)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
 def _sigterm_as_sigint(signum: int, frame: object) -> None:
     # asyncio's runner turns SIGINT into a clean cancellation of the run (servers stopped, manifest
     # marked interrupted); SIGTERM should do exactly the same.

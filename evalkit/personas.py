@@ -64,15 +64,15 @@ class Persona(_Strict):
     act_profile: ActProfile
     openness: Level
     risk_level: RiskLevel
-    risk_type: RiskType | None = None
+    risk_type: RiskType
     risk_notes: str = ""
-    archetype: Archetype | None = None
-    age_band: AgeBand | None = None
-    gender: str | None = None
-    occupation: str | None = None
-    context: str | None = Field(None, description="culture, country, community")
-    support_system: str | None = None
-    session_goal: str | None = None
+    archetype: Archetype
+    age_band: AgeBand
+    gender: str
+    occupation: str
+    context: str = Field(description="culture, country, community")
+    support_system: str
+    session_goal: str
     disclosure: list[Disclosure] = Field(min_length=1)
     opening_line: str = Field(min_length=1)
     references: list[str] = Field(min_length=1)
@@ -81,7 +81,7 @@ class Persona(_Strict):
     def _coherent(self) -> Persona:
         if (self.risk_level != "none") != bool(self.risk_notes.strip()):
             raise ValueError("risk_notes must be given exactly when risk_level is not 'none'")
-        if self.risk_type is not None and (self.risk_level == "none") != (self.risk_type == "none"):
+        if (self.risk_level == "none") != (self.risk_type == "none"):
             raise ValueError("risk_type must be 'none' exactly when risk_level is 'none'")
         turns = [d.after_turn for d in self.disclosure]
         if turns != sorted(turns):

@@ -43,3 +43,39 @@ def test_roles_flip_for_the_client():
 def test_client_close_marker_and_labels():
     assert clean_client_reply("Client: thanks, that helped. [END]") == ("thanks, that helped.", True)
     assert clean_client_reply("I am not sure.") == ("I am not sure.", False)
+
+
+def test_library_meets_its_declared_coverage():
+    from evalkit.coverage import load_coverage_spec, shortfalls
+
+    library = load_personas()
+    assert shortfalls(library, load_coverage_spec()) == []
+    assert len(library) >= 60 and len(load_utterances()) >= 200
+
+
+def test_coverage_command_fails_when_a_cell_is_short(tmp_path):
+    import shutil
+
+    from evalkit._resources import simulators_dir
+
+    from .conftest import run_cli
+
+    keep = tmp_path / "few"
+    keep.mkdir()
+    for path in sorted((simulators_dir() / "personas").glob("*.yaml"))[:10]:
+        shutil.copy(path, keep)
+    ok = run_cli("personas", "--coverage")
+    assert ok.code == 0 and "declared cells" in ok.output
+    short = run_cli("personas", "--coverage", "--dir", keep)
+    assert short.code == 1 and "coverage short" in short.output and "10 personas (need 60)" in short.output
+
+
+def test_safety_suite_selects_the_risk_personas():
+    from evalkit.suites import load_suite
+
+    loaded = load_suite("safety")
+    assert len(loaded.personas) >= 10 and all(p.risk_level != "none" for p in loaded.personas)
+    assert {p.risk_type for p in loaded.personas} == {"passive-ideation", "active-ideation", "self-harm",
+                                                      "abuse-or-violence-at-home"}
+    assert [i.id for i in loaded.rubrics[0].critical_items] == ["asks_directly_about_safety", "offers_appropriate_resources",
+                                                               "no_harm_enabling_content"]

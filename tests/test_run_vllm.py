@@ -55,10 +55,10 @@ def check_scores(run_dir: Path, rubric_id: str, sessions: int) -> list[dict]:
     assert len(rows) == sessions * len(rubric.items) and set(keys.values()) == {1}
     for row in rows:
         assert row["valid"], row
-        dist = row["distribution"]
-        assert sorted(map(int, dist)) == rubric.scale.levels
+        dist, scale = row["distribution"], rubric.scale_of(rubric.item(row["item"]))
+        assert sorted(map(int, dist)) == scale.levels
         assert sum(dist.values()) == pytest.approx(1.0, abs=1e-6)
-        assert rubric.scale.min <= row["expected"] <= rubric.scale.max
+        assert scale.min <= row["expected"] <= scale.max
         assert row["expected"] == pytest.approx(sum(int(k) * p for k, p in dist.items()))
         # A random model spreads its probability: a point mass means sampling settings distorted it.
         assert sum(p > 0.02 for p in dist.values()) >= 2, dist
@@ -100,6 +100,7 @@ def test_managed_vllm_act_fm_run(tiny_model, tmp_path):
 @pytest.mark.parametrize("suite, args, sessions, turns", [
     ("tes", ["--sessions", "3", "--turns", "2"], 3, 2),
     ("psychocounsel", ["--sessions", "5"], 5, 1),
+    ("safety", ["--sessions", "3", "--turns", "2"], 3, 2),
 ])
 def test_endpoint_run(vllm_endpoint, tmp_path, suite, args, sessions, turns):
     out = tmp_path / suite
@@ -111,6 +112,11 @@ def test_endpoint_run(vllm_endpoint, tmp_path, suite, args, sessions, turns):
     check_scores(out, suite, sessions)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["roles"]["judge"]["endpoint"] == vllm_endpoint and manifest["roles"]["judge"]["server"] == "vllm"
+    critical = json.loads((out / "summary.json").read_text())["rubrics"][suite]["critical_failures"]
+    if suite == "safety":
+        assert critical["sessions"] + critical["n_invalid"] == sessions and "critical failures" in result.output
+    else:
+        assert critical is None
 
     # Same directory, same configuration: nothing is redone or duplicated.
     again = run_cli("run", "--endpoint", vllm_endpoint, "--suite", suite, *args, "--out", out, "--max-tokens", "24")
@@ -235,3 +241,28 @@ def test_demo_command_from_the_readme(tmp_path):
     assert "demo finished" in result.output and str(out) in result.output.replace("\n", "")
     assert len(read_jsonl(out / "transcripts.jsonl")) == 2
     check_scores(out, "act-fm", 2)
+
+
+def test_compare_with_position_swapped_pairwise_judge(vllm_endpoint, tmp_path):
+    common = ["--endpoint", vllm_endpoint, "--suite", "psychocounsel", "--sessions", "6", "--max-tokens", "16"]
+    for name, temperature in (("candidate", "0.7"), ("baseline", "1.2")):
+        assert run_cli("run", *common, "--temperature", temperature, "--out", tmp_path / name).code == 0
+    out = tmp_path / "cmp"
+    result = run_cli("compare", tmp_path / "candidate", "--baseline", tmp_path / "baseline", "--out", out,
+                     "--pairwise-judge-endpoint", vllm_endpoint, "--bootstrap", "0")
+    assert result.code == 0, result.output
+    verdicts = read_jsonl(out / "pairwise.jsonl")
+    assert len(verdicts) == 12
+    by_session: dict[str, dict[str, dict]] = {}
+    for v in verdicts:
+        by_session.setdefault(v["session"], {})[v["order"]] = v
+        assert 0 < v["p_first"] < 1
+    assert all(set(orders) == {"candidate-first", "baseline-first"} for orders in by_session.values())
+    expected = Counter()
+    for orders in by_session.values():
+        a, b = orders["candidate-first"]["preferred"], orders["baseline-first"]["preferred"]
+        expected["wins" if a == b == "candidate" else "losses" if a == b == "baseline" else "ties"] += 1
+    summary = json.loads((out / "comparison.json").read_text())["pairwise_judge"]["per_candidate"]["candidate"]
+    assert {k: summary[k] for k in ("wins", "losses", "ties")} == {k: expected[k] for k in ("wins", "losses", "ties")}
+    overall = json.loads((out / "comparison.json").read_text())["metrics"]["psychocounsel.overall"]
+    assert overall["mixed_model"]["df"] == 1 and overall["head_to_head"]["candidate"]["matched"] == 6

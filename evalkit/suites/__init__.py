@@ -44,7 +44,7 @@ class Suite(BaseModel):
     description: str
     unit: Literal["session", "response"]
     rubrics: list[str] = Field(min_length=1, description="built-in rubric ids, or YAML paths relative to the suite file")
-    personas: Literal["all"] | list[str] = "all"
+    personas: Literal["all", "risk"] | list[str] = Field("all", description="all, risk (every persona with a risk), or ids")
     persona_dir: str | None = Field(None, description="a folder of persona YAMLs, relative to the suite file (default: built-in)")
     utterances: Literal["all"] | list[str] = "all"
     utterances_file: str | None = Field(None, description="an utterances YAML or folder of them, relative to the suite file (default: built-in)")
@@ -108,9 +108,11 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in suites_dir().glob("*.yaml"))
 
 
-def _select(kind: str, wanted: Literal["all"] | list[str], have: list, path: Path) -> list:
+def _select(kind: str, wanted: str | list[str], have: list, path: Path) -> list:
     if wanted == "all":
         return have
+    if wanted == "risk":
+        return [p for p in have if p.risk_level != "none"]
     by_id = {x.id: x for x in have}
     missing = [w for w in wanted if w not in by_id]
     if missing:
