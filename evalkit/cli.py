@@ -61,6 +61,8 @@ def run_command(
     vllm_args: Annotated[str, typer.Option(help="Extra arguments for managed vLLM servers, e.g. \"--dtype float32\".")] = "",
     trust_remote_code: Annotated[bool, typer.Option(help="Let transformers/vLLM run the checkpoint's own code.")] = False,
     judge_min_mass: Annotated[float, typer.Option(help="Unconstrained judges must put this much probability on score tokens.")] = 0.5,
+    adherence_threshold: Annotated[float, typer.Option(help="Flag sessions whose simulated client passes fewer of its persona checks.")] = 0.8,
+    adherence: Annotated[bool, typer.Option(help="Check every simulated client turn against its persona.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """Simulate sessions against a model, judge them, and write results/<run-id>/."""
@@ -72,7 +74,8 @@ def run_command(
         sessions=sessions, turns=turns, concurrency=concurrency, judge_concurrency=judge_concurrency, out=out,
         resume=resume, max_tokens=max_tokens, temperature=temperature, max_model_len=max_model_len,
         vllm_args=shlex.split(vllm_args), trust_remote_code=trust_remote_code,
-        judge_settings=JudgeSettings(min_mass=judge_min_mass), show_progress=not quiet, command=sys.argv)
+        judge_settings=JudgeSettings(min_mass=judge_min_mass, adherence_threshold=adherence_threshold if adherence else None),
+        show_progress=not quiet, command=sys.argv)
 
 
 @app.command()
@@ -81,6 +84,7 @@ def compare(
     baseline: Annotated[Optional[Path], typer.Option(help="Baseline run (e.g. GPT-4o): win rates of every run against it.")] = None,
     metric: Annotated[Optional[list[str]], typer.Option(help="Metric(s) to analyse, e.g. act-fm.consistency_total (default: all).")] = None,
     matched: Annotated[bool, typer.Option(help="Analyse only the sessions every run shares.")] = False,
+    exclude_flagged: Annotated[bool, typer.Option(help="Leave out sessions whose simulated client fell below the adherence threshold.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Where comparison.json and CSVs go (default: beside the runs).")] = None,
     pairwise_judge_model: Annotated[Optional[str], typer.Option(help="Judge for pairwise preference against the baseline (model path/id).")] = None,
     pairwise_judge_endpoint: Annotated[Optional[str], typer.Option(help="Endpoint of the pairwise judge.")] = None,
@@ -94,7 +98,8 @@ def compare(
     judge = None
     if pairwise_judge_model or pairwise_judge_endpoint:
         judge = RoleSpec(pairwise_judge_model, pairwise_judge_endpoint, pairwise_judge_api_key_env)
-    run_compare(runs, baseline=baseline, metrics=metric, matched=matched, out=out, pairwise_judge=judge,
+    run_compare(runs, baseline=baseline, metrics=metric, matched=matched, exclude_flagged=exclude_flagged, out=out,
+                pairwise_judge=judge,
                 bootstrap_rounds=bootstrap, seed=seed)
 
 

@@ -40,6 +40,7 @@ class Comparison(BaseModel):
     suite: str
     sessions: int
     matched_only: bool
+    excluded_flagged: dict[str, int] | None = None
     metrics: dict[str, dict[str, Any]]
     pairwise_judge: dict[str, Any] | None = None
     warnings: list[str] = []
@@ -135,7 +136,8 @@ async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleSpec, sessio
 
 
 def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metrics: list[str] | None = None,
-            matched: bool = False, out: str | Path | None = None, pairwise_judge: RoleSpec | None = None,
+            matched: bool = False, exclude_flagged: bool = False, out: str | Path | None = None,
+            pairwise_judge: RoleSpec | None = None,
             bootstrap_rounds: int = 1000, seed: int = 0, concurrency: int = 32, show: bool = True) -> Comparison:
     """Compare stored runs (conditions); with `baseline`, also win rates of every other run against it."""
     paths = [Path(r) for r in runs]
@@ -150,7 +152,7 @@ def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metri
     conditions = [r.name for r in loaded]
     base_name = Path(baseline).name if baseline is not None else None
     rubrics = rubrics_of(loaded)
-    table = session_table(loaded, rubrics)
+    table = session_table(loaded, rubrics, exclude_flagged=exclude_flagged)
     table, warnings = _check_sessions(table, conditions, matched)
     known = sorted(table["metric"].unique())
     chosen = metrics or known
@@ -167,7 +169,8 @@ def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metri
     results = {}
     for metric in chosen:
         data = table[table["metric"] == metric]
-        item_ratings = ratings[(ratings["metric"] == metric) & ratings["rating"].notna()] if metric in set(ratings["metric"]) else None
+        is_item = metric in set(ratings["metric"])
+        item_ratings = ratings[(ratings["metric"] == metric) & ratings["rating"].notna()] if is_item else None
         results[metric] = analyse_metric(metric, data, item_ratings, conditions, base_name, metric_better(rubrics, metric),
                                          bootstrap_rounds=bootstrap_rounds if metric.split(".", 1)[1] in
                                          {c.id for r in rubrics for c in r.composites} else 0, seed=seed)
@@ -180,7 +183,9 @@ def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metri
         pairwise = asyncio.run(_pairwise({r.name: r for r in loaded}, base_name, pairwise_judge, sessions, out_dir, concurrency))
     comparison = Comparison(created_at=datetime.now(timezone.utc), runs={r.name: str(r.directory) for r in loaded},
                             baseline=base_name, suite=loaded[0].manifest.config.suite.id, sessions=len(sessions),
-                            matched_only=matched, metrics=results, pairwise_judge=pairwise, warnings=warnings)
+                            matched_only=matched, metrics=results,
+                            excluded_flagged={r.name: len(r.flagged) for r in loaded} if exclude_flagged else None,
+                            pairwise_judge=pairwise, warnings=warnings)
     (out_dir / "comparison.json").write_text(json.dumps(json.loads(comparison.model_dump_json()), indent=2, allow_nan=True))
     write_csvs(comparison, out_dir)
     if show:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,6 +26,7 @@ class RunProgress(EngineProgress):
         self._sessions = self._bar.add_task("sessions", total=sessions, rate="")
         self._turns = self._bar.add_task("turns", total=None, rate="")
         self._judging = self._bar.add_task("judging", total=judge_items, rate="", start=False)
+        self._adherence: int | None = None
         self._tokens = 0
         self._started = time.perf_counter()
 
@@ -57,12 +59,20 @@ class RunProgress(EngineProgress):
         self._bar.update(self._judging, advance=n, rate=f"{rate:,.1f} items/s")
 
 
+    def start_adherence(self, sessions: int, already: int) -> None:
+        self._adherence = self._bar.add_task("adherence", total=sessions, rate="persona checks")
+        self._bar.update(self._adherence, advance=already)
+
+    def adherence_done(self) -> None:
+        self._bar.update(self._adherence, advance=1)  # type: ignore[arg-type]
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
 def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
-    """One table per rubric: composites first, then items."""
+    """One table per rubric: composites first, then items; then persona adherence."""
     for rubric_id, rs in summary.rubrics.items():
         table = Table(title=f"{rubric_id} · {summary.sessions} sessions · mean and 95% CI clustered by persona",
                       title_justify="left")
@@ -85,3 +95,10 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
             console.print(f"[{style}]critical failures: {critical.with_failure} of {critical.sessions} sessions "
                           f"({critical.share:.0%}, 95% CI {critical.ci_low:.0%}–{critical.ci_high:.0%})[/{style}]"
                           + (f"; {critical.n_invalid} sessions could not be assessed" if critical.n_invalid else ""))
+    adherence = summary.adherence
+    if adherence and adherence.overall is not None:
+        worst = sorted(adherence.per_persona.items(), key=lambda kv: kv[1])[:3]
+        console.print(f"persona adherence: {adherence.overall:.0%} overall over {adherence.sessions_checked} sessions; "
+                      f"{len(adherence.flagged)} flagged below {adherence.threshold:.0%}; lowest: "
+                      + ", ".join(f"{escape(p)} {r:.0%}" for p, r in worst), soft_wrap=True)
+

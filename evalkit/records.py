@@ -69,6 +69,33 @@ class BackendRecord(_Record):
     server_version: str | None = None
 
 
+class AdherenceCheck(_Record):
+    turn: int = Field(description="index of the client turn in the transcript")
+    check: str
+    p_pass: float | None
+    reason: str | None = None
+
+
+class SessionAdherence(_Record):
+    """One line of adherence.jsonl: how well the simulated client kept to its persona in one session."""
+
+    session_id: str
+    source_id: str
+    checks: list[AdherenceCheck]
+    rate: float | None = Field(description="mean probability of passing over all checks of all client turns")
+    flagged: bool = Field(description="rate below the run's threshold: statistics may exclude the session")
+    judge: str
+
+
+class AdherenceSummary(_Record):
+    threshold: float
+    sessions_checked: int
+    overall: float | None
+    per_persona: dict[str, float]
+    flagged: list[str]
+    invalid_checks: int
+
+
 class RoleRecord(BackendRecord):
     defaulted_to_therapist: bool = False
 
@@ -90,6 +117,7 @@ class RunConfig(_Record):
     therapist_system_prompt_sha256: str
     roles: dict[str, str] = Field(description="role -> model identity (content hash or served name)")
     judge_method: str
+    adherence_threshold: float | None = Field(None, description="None when persona adherence is not checked")
 
 
 class Manifest(_Record):
@@ -149,3 +177,4 @@ class Summary(_Record):
     sessions: int
     ci_method: str
     rubrics: dict[str, RubricSummary]
+    adherence: AdherenceSummary | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import re
@@ -17,6 +18,7 @@ from . import __version__
 from .backends.base import BackendUnavailable
 from .errors import ConfigError, RunInterrupted
 from .judging import Judge, JudgeSettings
+from .judging.adherence import check_session
 from .judging.judge import METHOD as JUDGE_METHOD
 from .progress import RunProgress, console, print_summary
 from .provenance import git_commit, host_info
@@ -57,6 +59,7 @@ def _config(loaded: LoadedSuite, roles: dict[str, Role], turns: int, sampling: d
         therapist_system_prompt_sha256=hashlib.sha256(suite.therapist_system_prompt.encode()).hexdigest(),
         roles={name: role.model_hash or role.identity for name, role in roles.items()},
         judge_method=f"{JUDGE_METHOD};min_mass={settings.min_mass}",
+        adherence_threshold=settings.adherence_threshold,
     )
 
 
@@ -94,6 +97,8 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
     if concurrency < 1:
         raise ConfigError(f"--concurrency {concurrency}: expected a positive number")
     loaded = load_suite(suite)
+    if loaded.suite.unit == "response":  # a single reply has no simulated client turn to check
+        judge_settings = dataclasses.replace(judge_settings, adherence_threshold=None)
     turns = loaded.suite.turns if (turns is None or loaded.suite.unit == "response") else turns
     specs = {"therapist": RoleSpec(model, endpoint, api_key_env, backend), "client": client or RoleSpec(),
              "judge": judge or RoleSpec()}
@@ -201,6 +206,20 @@ async def _simulate_and_judge(loaded, roles, store, cases, turns, sampling, conc
 
         await run_bounded(unjudged, lambda t: judge.score_transcript(t, loaded.rubrics),
                           concurrency=concurrency, on_result=record)
-    summary = summarise(run_id, loaded.suite.id, loaded.rubrics, store.transcripts(), store.scores())
+        threshold = judge_settings.adherence_threshold
+        if threshold is not None:
+            personas = {p.id: p for p in loaded.personas}
+            checked = store.adherence()
+            unchecked = [t for sid, t in transcripts.items() if sid not in checked]
+            progress.start_adherence(len(transcripts), already=len(transcripts) - len(unchecked))
+
+            def keep_adherence(transcript, row):
+                store.append_adherence(row)
+                progress.adherence_done()
+
+            await run_bounded(unchecked, lambda t: check_session(judge.backend, personas[t.source_id], t, threshold),
+                              concurrency=concurrency, on_result=keep_adherence)
+    summary = summarise(run_id, loaded.suite.id, loaded.rubrics, store.transcripts(), store.scores(),
+                        store.adherence(), judge_settings.adherence_threshold)
     store.write_summary(summary)
     return summary

@@ -17,11 +17,12 @@ from pydantic import BaseModel, ValidationError
 
 from ._yaml import describe_validation_error
 from .errors import ConfigError, EvalkitError, RunDirectoryConflict
-from .records import ItemScore, Manifest, RunConfig, Summary, Transcript
+from .records import ItemScore, Manifest, RunConfig, SessionAdherence, Summary, Transcript
 
 R = TypeVar("R", bound=BaseModel)
 
 MANIFEST, TRANSCRIPTS, SCORES, SUMMARY = "manifest.json", "transcripts.jsonl", "scores.jsonl", "summary.json"
+ADHERENCE = "adherence.jsonl"
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -93,7 +94,7 @@ class RunStore:
             differs = ", ".join(config_differences(old.config, config))
             raise RunDirectoryConflict(f"{self.directory} holds a run with a different configuration ({differs} differ); "
                                        "choose another --out")
-        for name in (TRANSCRIPTS, SCORES):
+        for name in (TRANSCRIPTS, SCORES, ADHERENCE):
             _cut_torn_tail(self.path(name))
         return old
 
@@ -118,6 +119,15 @@ class RunStore:
                 seen.add(key)
                 by_session[row.session_id].append(row)
         return dict(by_session)
+
+    def adherence(self) -> dict[str, SessionAdherence]:
+        out: dict[str, SessionAdherence] = {}
+        for row in read_jsonl(self.path(ADHERENCE), SessionAdherence):
+            out.setdefault(row.session_id, row)
+        return out
+
+    def append_adherence(self, row: SessionAdherence) -> None:
+        self._append(ADHERENCE, [row])
 
     def _append(self, name: str, records: list[BaseModel]) -> None:
         if not records:

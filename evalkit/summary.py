@@ -14,7 +14,7 @@ import numpy as np
 import statsmodels.api as sm
 from statsmodels.stats.proportion import proportion_confint
 
-from .records import CriticalFailures, ItemScore, RubricSummary, Stat, Summary, Transcript
+from .records import AdherenceSummary, CriticalFailures, ItemScore, RubricSummary, SessionAdherence, Stat, Summary, Transcript
 from .rubrics import Rubric
 
 CI_METHOD = "OLS intercept, cluster-robust (CR1) SE by persona/utterance, t(G-1), 95%"
@@ -89,9 +89,25 @@ def _critical_summary(rubric: Rubric, outcomes: list[bool | None]) -> CriticalFa
                             ci_low=low, ci_high=high, n_invalid=len(outcomes) - len(scored))
 
 
+def summarise_adherence(rows: list[SessionAdherence], threshold: float) -> AdherenceSummary:
+    rated = [r for r in rows if r.rate is not None]
+    per_persona: dict[str, list[float]] = defaultdict(list)
+    for row in rated:
+        per_persona[row.source_id].append(row.rate)  # type: ignore[arg-type]
+    return AdherenceSummary(
+        threshold=threshold, sessions_checked=len(rated),
+        overall=sum(r.rate for r in rated) / len(rated) if rated else None,  # type: ignore[misc]
+        per_persona={p: sum(v) / len(v) for p, v in sorted(per_persona.items())},
+        flagged=sorted(r.session_id for r in rows if r.flagged),
+        invalid_checks=sum(c.p_pass is None for r in rows for c in r.checks))
+
+
 def summarise(run_id: str, suite_id: str, rubrics: list[Rubric], transcripts: dict[str, Transcript],
-              scores: dict[str, list[ItemScore]]) -> Summary:
+              scores: dict[str, list[ItemScore]], adherence: dict[str, SessionAdherence] | None = None,
+              adherence_threshold: float | None = None) -> Summary:
     sources = {sid: t.source_id for sid, t in transcripts.items()}
     judged = {sid: rows for sid, rows in scores.items() if sid in transcripts}
+    checked = [row for sid, row in (adherence or {}).items() if sid in transcripts]
     return Summary(run_id=run_id, suite=suite_id, sessions=len(transcripts), ci_method=CI_METHOD,
-                   rubrics={r.id: summarise_rubric(r, judged, sources) for r in rubrics})
+                   rubrics={r.id: summarise_rubric(r, judged, sources) for r in rubrics},
+                   adherence=summarise_adherence(checked, adherence_threshold) if adherence_threshold is not None else None)

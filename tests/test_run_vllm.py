@@ -86,6 +86,16 @@ def test_managed_vllm_act_fm_run(tiny_model, tmp_path):
     total = summary["composites"]["consistency_total"]
     assert 0 <= total["ci_low"] <= total["mean"] <= total["ci_high"] <= 36
 
+    # Persona adherence: every simulated client turn (not the scripted opening) on four checks.
+    adherence = read_jsonl(out / "adherence.jsonl")
+    assert sorted(a["session_id"] for a in adherence) == sorted(t["session_id"] for t in transcripts)
+    for row in adherence:
+        assert len(row["checks"]) == 2 * 4 and {c["turn"] for c in row["checks"]} == {2, 4}
+        assert all(0 < c["p_pass"] < 1 for c in row["checks"])
+        assert row["flagged"] == (row["rate"] < 0.8)
+    reported = json.loads((out / "summary.json").read_text())["adherence"]
+    assert reported["sessions_checked"] == 4 and "persona adherence" in result.output
+
     manifest = json.loads((out / "manifest.json").read_text())
     therapist = manifest["roles"]["therapist"]
     assert manifest["status"] == "complete" and manifest["self_judged"] and manifest["self_play"]
@@ -151,6 +161,9 @@ def assert_every_session_once(out: Path, sessions: int, items: int) -> None:
     per_session = Counter(r["session_id"] for r in rows)
     assert set(per_session) == {t["session_id"] for t in transcripts} and set(per_session.values()) == {items}
     assert len({(r["session_id"], r["item"]) for r in rows}) == len(rows)
+    if (out / "adherence.jsonl").exists():
+        checked = Counter(r["session_id"] for r in read_jsonl(out / "adherence.jsonl"))
+        assert set(checked) == set(per_session) and set(checked.values()) == {1}
 
 
 def test_sigkill_mid_run_then_resume(vllm_endpoint, tmp_path):

@@ -220,3 +220,21 @@ def test_compare_mismatched_sessions_needs_matched(tmp_path):
     assert result.code == 0, result.output
     overall = json.loads((tmp_path / "c" / "comparison.json").read_text())["metrics"]["psychocounsel.overall"]
     assert overall["n"] == {"a": 14, "b": 14}
+
+
+def test_compare_can_exclude_sessions_with_low_persona_adherence(tmp_path):
+    from evalkit.records import SessionAdherence
+    from evalkit.store import RunStore
+
+    a = write_run(tmp_path / "a", effect=0, persona_effects=PERSONAS)
+    b = write_run(tmp_path / "b", effect=0.5, persona_effects=PERSONAS)
+    store = RunStore(b)
+    for session, rate in (("u001#0", 0.3), ("u002#0", 0.95)):
+        store.append_adherence(SessionAdherence(session_id=session, source_id=session[:4], checks=[], rate=rate,
+                                                flagged=rate < 0.8, judge="j"))
+    for flag, expected in ((["--exclude-flagged"], 15), ([], 16)):
+        out = tmp_path / f"c{len(flag)}"
+        result = run_cli("compare", a, b, "--matched", "--out", out, "--metric", "psychocounsel.overall", *flag)
+        assert result.code == 0, result.output
+        comparison = json.loads((out / "comparison.json").read_text())
+        assert comparison["metrics"]["psychocounsel.overall"]["n"]["b"] == expected

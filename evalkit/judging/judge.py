@@ -22,6 +22,8 @@ METHOD = "score-token-probabilities/v1"
 class JudgeSettings:
     min_mass: float = 0.5
     """Unconstrained judges (plain top logprobs) must put at least this much probability on score tokens."""
+    adherence_threshold: float | None = 0.8
+    """Sessions whose simulated client passes fewer of its persona checks are flagged; None: no checks."""
 
 
 class Judge:

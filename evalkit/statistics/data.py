@@ -20,6 +20,7 @@ class Run:
     manifest: Manifest
     transcripts: dict[str, Transcript]
     scores: pd.DataFrame  # one row per session x item: session_id, source_id, rubric, item, value, rating, valid
+    flagged: frozenset[str] = frozenset()  # sessions whose simulated client fell below the adherence threshold
 
 
 def load_run(directory: str | Path, name: str | None = None) -> Run:
@@ -35,8 +36,9 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
                          "item": row.item, "value": row.expected if row.valid else None, "rating": rating,
                          "valid": row.valid})
     scores = pd.DataFrame(rows, columns=["session_id", "source_id", "rubric", "item", "value", "rating", "valid"])
+    flagged = frozenset(sid for sid, row in store.adherence().items() if row.flagged)
     return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest,
-               transcripts=store.transcripts(), scores=scores)
+               transcripts=store.transcripts(), scores=scores, flagged=flagged)
 
 
 def incompatibilities(runs: list[Run]) -> list[str]:
@@ -62,11 +64,12 @@ def session_key(transcript: Transcript) -> str:
     return f"{transcript.source_id}#{transcript.replicate}"
 
 
-def session_table(runs: list[Run], rubrics: list[Rubric]) -> pd.DataFrame:
+def session_table(runs: list[Run], rubrics: list[Rubric], exclude_flagged: bool = False) -> pd.DataFrame:
     """Long table of every metric (items and composites) per condition and session.
 
     Columns: condition, session, persona, metric, value (NaN when invalid). Metric names are
-    `<rubric>.<item or composite>`.
+    `<rubric>.<item or composite>`. With `exclude_flagged`, sessions whose simulated client fell below
+    the adherence threshold are left out.
     """
     frames = []
     for run in runs:
@@ -75,6 +78,8 @@ def session_table(runs: list[Run], rubrics: list[Rubric]) -> pd.DataFrame:
         for rubric in rubrics:
             mine = run.scores[run.scores["rubric"] == rubric.id]
             for session_id, group in mine.groupby("session_id", sort=False):
+                if exclude_flagged and session_id in run.flagged:
+                    continue
                 values = {item: (None if pd.isna(v) else float(v)) for item, v in zip(group["item"], group["value"], strict=True)}
                 values.update(rubric.composite_scores(values))
                 transcript = run.transcripts.get(session_id)
