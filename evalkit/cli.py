@@ -187,6 +187,56 @@ def personas(
         raise typer.Exit(1)
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Turn published datasets (local files) into evalkit personas and utterances.")
+app.add_typer(import_app, name="import")
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write a file that must not exist yet: nothing the user has is overwritten."""
+    try:
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        raise EvalkitError(f"{path} already exists; choose another --out") from None
+
+
+@import_app.command("patient-psi")
+def import_patient_psi(
+    file: Annotated[Path, typer.Argument(help="Patient-Psi profiles JSON (a list of cognitive conceptualisations).")],
+    out: Annotated[Path, typer.Option(help="Folder for the persona YAMLs; use it as a suite's persona_dir.")],
+) -> None:
+    """Patient-Psi cognitive-conceptualisation profiles -> one evalkit persona per profile and style."""
+    import yaml
+
+    from .loaders import load_patient_psi
+
+    imported = load_patient_psi(file)
+    out.mkdir(parents=True, exist_ok=True)
+    for persona in imported:
+        _write_new(out / f"{persona.id}.yaml", yaml.safe_dump(persona.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    console.print(f"wrote {len(imported)} personas to [bold]{escape(str(out))}[/bold]")
+
+
+@import_app.command("psychocounsel-preference")
+def import_psychocounsel_preference(
+    file: Annotated[Path, typer.Argument(help="PsychoCounsel-Preference as parquet or JSONL.")],
+    out: Annotated[Path, typer.Option(help="Utterances YAML to write; use it as a suite's utterances_file.")],
+) -> None:
+    """PsychoCounsel-Preference -> single-turn utterances (its questions) and a pairs JSONL beside them."""
+    import yaml
+
+    from .loaders import load_psychocounsel_preference, preference_utterances
+
+    pairs = load_psychocounsel_preference(file)
+    utterances = preference_utterances(pairs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_new(out, yaml.safe_dump(utterances.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    pairs_path = out.with_name(f"{out.stem}-pairs.jsonl")
+    _write_new(pairs_path, "".join(p.model_dump_json() + "\n" for p in pairs))
+    console.print(f"wrote {len(utterances.utterances)} utterances to [bold]{escape(str(out))}[/bold] and "
+                  f"{len(pairs)} preference pairs to [bold]{escape(str(pairs_path))}[/bold]")
+
+
 def _sigterm_as_sigint(signum: int, frame: object) -> None:
     # asyncio's runner turns SIGINT into a clean cancellation of the run (servers stopped, manifest
     # marked interrupted); SIGTERM should do exactly the same.

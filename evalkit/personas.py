@@ -19,8 +19,10 @@ Level = Literal["low", "moderate", "high"]
 Style = Literal["plain", "verbose", "tangential", "hostile", "guarded", "ingratiating"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
 RiskType = Literal["none", "passive-ideation", "active-ideation", "self-harm", "abuse-or-violence-at-home"]
-Archetype = Literal["hopeless-skeptic", "intellectualizer", "anxious-fortune-teller", "overwhelmed-avoider"]
-AgeBand = Literal["under-18", "18-24", "25-34", "35-44", "45-54", "55-64", "65-74", "75+"]
+# "unspecified"/"unknown"/"unrated" exist for personas imported from sources that do not say.
+Archetype = Literal["hopeless-skeptic", "intellectualizer", "anxious-fortune-teller", "overwhelmed-avoider", "unspecified"]
+AgeBand = Literal["under-18", "18-24", "25-34", "35-44", "45-54", "55-64", "65-74", "75+", "unknown"]
+ProcessLevel = Literal["low", "moderate", "high", "unrated"]
 Stage = Literal["precontemplation", "contemplation", "preparation", "action", "maintenance"]
 _SLUG = r"^[a-z0-9][a-z0-9\-]*$"
 
@@ -41,12 +43,12 @@ class CognitiveModel(_Strict):
 class ActProfile(_Strict):
     """Where the client stands on the six psychological-flexibility processes."""
 
-    experiential_avoidance: Level
-    cognitive_fusion: Level
-    present_moment_contact: Level
-    self_as_content: Level
-    values_clarity: Level
-    committed_action: Level
+    experiential_avoidance: ProcessLevel
+    cognitive_fusion: ProcessLevel
+    present_moment_contact: ProcessLevel
+    self_as_content: ProcessLevel
+    values_clarity: ProcessLevel
+    committed_action: ProcessLevel
 
 
 class Disclosure(_Strict):
@@ -92,8 +94,8 @@ class Persona(_Strict):
 class Utterance(_Strict):
     id: str = Field(pattern=_SLUG)
     topic: str
-    stage: Stage
-    risk: bool
+    stage: Stage | None = Field(description="implied stage of change; None only for imported data that does not say")
+    risk: bool | None = Field(description="carries a risk cue; None only for imported data that does not say")
     text: str = Field(min_length=1)
 
 

@@ -27,6 +27,14 @@ OPENNESS = {
     "high": "you share readily, sometimes more than you were asked.",
 }
 OPENING_CUE = "[The counselling session begins. The counsellor is listening.]"
+ACT_LABELS = {
+    "experiential_avoidance": "Avoiding painful thoughts and feelings",
+    "cognitive_fusion": "Taking your thoughts as literal truth",
+    "present_moment_contact": "Noticing what is happening right now",
+    "self_as_content": "Defining yourself by your story and labels",
+    "values_clarity": "Knowing what matters to you",
+    "committed_action": "Acting on what matters despite discomfort",
+}
 
 
 @cache
@@ -43,8 +51,10 @@ def client_system_prompt(persona: Persona, therapist_turns: int) -> str:
     """The client's instructions for its next turn; disclosures unlock as the counsellor replies."""
     shareable = [d for d in persona.disclosure if d.after_turn <= therapist_turns]
     withheld = len(shareable) < len(persona.disclosure)
+    act_lines = [(label, getattr(persona.act_profile, field)) for field, label in ACT_LABELS.items()
+                 if getattr(persona.act_profile, field) != "unrated"]
     return _template().render(persona=persona, therapist_turns=therapist_turns, shareable=shareable,
-                              withheld=withheld, styles=STYLES, openness=OPENNESS)
+                              withheld=withheld, styles=STYLES, openness=OPENNESS, act_lines=act_lines)
 
 
 def client_messages(persona: Persona, turns: list[Turn]) -> list[dict[str, str]]:

@@ -1,0 +1,181 @@
+"""Loaders for published data, from local files (nothing is downloaded).
+
+- PsychoCounsel-Preference (Zhang et al., 2025; parquet or JSONL): `question` becomes a single-turn
+  client utterance; chosen/rejected pairs (with their per-principle ratings when present) are kept
+  for judge-accuracy checks.
+- Patient-Psi cognitive-conceptualisation profiles (Wang et al., 2024; JSON list): each profile, in
+  each of its conversational styles, becomes an evalkit persona.
+
+A malformed row is rejected with one line naming the file, row and column.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .personas import ActProfile, CognitiveModel, Disclosure, Persona, Utterance, UtteranceSet
+
+PRINCIPLES = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
+PSYCHOCOUNSEL_CITATION = ("Zhang, M., et al. (2025). Preference Learning Unlocks LLMs' Psycho-Counseling Skills. "
+                          "arXiv:2502.19731. (PsychoCounsel-Preference)")
+PATIENT_PSI_CITATION = ("Wang, R., et al. (2024). PATIENT-Psi: Using Large Language Models to Simulate Patients for "
+                        "Training Mental Health Professionals. EMNLP 2024. (cognitive conceptualisation profiles)")
+# Patient-Psi's conversational styles -> evalkit's; openness follows the style where the style implies it.
+PSI_STYLES = {"plain": ("plain", "moderate"), "verbose": ("verbose", "high"), "tangent": ("tangential", "moderate"),
+              "upset": ("hostile", "moderate"), "reserved": ("guarded", "low"), "pleasing": ("ingratiating", "high")}
+
+
+def _row_error(path: Path, row: int, label: str, exc: ValidationError) -> ConfigError:
+    first = exc.errors()[0]
+    column = ".".join(str(p) for p in first["loc"]) or "(row)"
+    return ConfigError(f"{path}: row {row}{label}: column '{column}': {first['msg']}")
+
+
+class _Text(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+
+class PreferencePair(_Text):
+    """One PsychoCounsel-Preference row."""
+
+    question: str = Field(min_length=1)
+    chosen: str = Field(min_length=1)
+    rejected: str = Field(min_length=1)
+    chosen_model: str | None = None
+    rejected_model: str | None = None
+    chosen_ratings: dict[str, float] = {}
+    rejected_ratings: dict[str, float] = {}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_json(path, lines=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read as {'parquet' if path.suffix == '.parquet' else 'JSONL'} ({exc})") from None
+
+
+def load_psychocounsel_preference(path: str | Path) -> list[PreferencePair]:
+    path = Path(path)
+    table = _read_table(path)
+    missing = [c for c in ("question", "chosen", "rejected") if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{path}: column '{missing[0]}' is missing (expected question, chosen, rejected, "
+                          "chosen_model, rejected_model and chosen_/rejected_<principle> ratings)")
+    pairs = []
+    for number, record in enumerate(table.to_dict("records"), start=1):
+        record = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in record.items()}
+        for side in ("chosen", "rejected"):
+            record[f"{side}_ratings"] = {p: record[f"{side}_{p}"] for p in PRINCIPLES if record.get(f"{side}_{p}") is not None}
+        try:
+            pairs.append(PreferencePair.model_validate(record))
+        except ValidationError as exc:
+            raise _row_error(path, number, "", exc) from None
+    if not pairs:
+        raise ConfigError(f"{path}: no rows")
+    return pairs
+
+
+def preference_utterances(pairs: list[PreferencePair]) -> UtteranceSet:
+    """Each distinct question once, as a single-turn utterance (stage and risk unknown: the data does not say)."""
+    seen: dict[str, Utterance] = {}
+    for pair in pairs:
+        if pair.question not in seen:
+            seen[pair.question] = Utterance(id=f"pcp-{len(seen) + 1:05d}", topic="psychocounsel-preference",
+                                            stage=None, risk=None, text=pair.question)
+    return UtteranceSet(version="imported", references=[PSYCHOCOUNSEL_CITATION], utterances=list(seen.values()))
+
+
+class PatientPsiProfile(_Text):
+    name: str = Field(min_length=1)
+    id: str = Field(min_length=1)
+    type: list[str] = Field(min_length=1)
+    history: str = Field(min_length=1)
+    helpless_belief: list[str] = []
+    unlovable_belief: list[str] = []
+    worthless_belief: list[str] = []
+    intermediate_belief: str = Field(min_length=1)
+    coping_strategies: str = Field(min_length=1)
+    situation: str = Field(min_length=1)
+    auto_thought: str = Field(min_length=1)
+    emotion: list[str] = Field(min_length=1)
+    behavior: str = Field(min_length=1)
+
+    @field_validator("type")
+    @classmethod
+    def _known_styles(cls, styles: list[str]) -> list[str]:
+        unknown = [s for s in styles if s not in PSI_STYLES]
+        if unknown:
+            raise ValueError(f"unknown conversational style '{unknown[0]}' (expected one of {', '.join(PSI_STYLES)})")
+        return styles
+
+    @property
+    def core_beliefs(self) -> list[str]:
+        return [b.strip() for b in self.helpless_belief + self.unlovable_belief + self.worthless_belief if b.strip()]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def patient_psi_personas(profile: PatientPsiProfile) -> list[Persona]:
+    """One persona per conversational style the profile lists. Fields the source does not give are marked
+    unknown/unrated rather than invented; the disclosure plan follows the profile's situation -> thought ->
+    emotion -> behaviour chain."""
+    personas = []
+    for style in profile.type:
+        ours, openness = PSI_STYLES[style]
+        emotion = "; ".join(profile.emotion)
+        personas.append(Persona(
+            id=f"patient-psi-{_slug(profile.id)}-{ours}", name=profile.name,
+            presenting_problem="not stated (Patient-Psi cognitive conceptualisation)", history=profile.history,
+            cognitive_model=CognitiveModel(core_beliefs=profile.core_beliefs or ["not stated"],
+                                           intermediate_beliefs=[profile.intermediate_belief],
+                                           automatic_thoughts=[profile.auto_thought],
+                                           coping_strategies=[profile.coping_strategies]),
+            conversational_style=ours,
+            act_profile=ActProfile(**{field: "unrated" for field in ActProfile.model_fields}),
+            openness=openness, risk_level="none", risk_type="none", archetype="unspecified", age_band="unknown",
+            gender="not stated", occupation="not stated", context="not stated", support_system="not stated",
+            session_goal="not stated",
+            disclosure=[Disclosure(after_turn=0, content=f"What happened: {profile.situation}"),
+                        Disclosure(after_turn=2, content=f"What went through your mind: {profile.auto_thought} "
+                                                         f"How it felt: {emotion}."),
+                        Disclosure(after_turn=4, content=f"What you did: {profile.behavior}")],
+            opening_line=f"Something keeps getting to me. {profile.situation}",
+            references=[PATIENT_PSI_CITATION],
+        ))
+    return personas
+
+
+def load_patient_psi(path: str | Path) -> list[Persona]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{path}: expected a JSON list of Patient-Psi profiles")
+    personas = []
+    for number, record in enumerate(data, start=1):
+        label = f" (id {record.get('id')})" if isinstance(record, dict) and record.get("id") else ""
+        try:
+            profile = PatientPsiProfile.model_validate(record)
+        except ValidationError as exc:
+            raise _row_error(path, number, label, exc) from None
+        personas.extend(patient_psi_personas(profile))
+    return personas
