@@ -103,6 +103,61 @@ def compare(
                 bootstrap_rounds=bootstrap, seed=seed)
 
 
+@app.command("gate")
+def gate_command(
+    baseline: Annotated[Path, typer.Option(help="The released model's stored run.")],
+    candidate: Annotated[Path, typer.Option(help="The new checkpoint's stored run.")],
+    metric: Annotated[Optional[list[str]], typer.Option(help="Metric(s) to gate (default: the suite's).")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Non-inferiority margin for every gated metric (default: the suite's).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="One-sided significance level (default: the suite's, 0.05).")] = None,
+    power: Annotated[Optional[float], typer.Option(help="Power a regression verdict needs (default: the suite's, 0.8).")] = None,
+    max_invalid_rate: Annotated[Optional[float], typer.Option(help="Most invalid item scores a run may have (default 0.05).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where gate.json, gate-junit.xml and gate.md go (default: the candidate run).")] = None,
+) -> None:
+    """Non-inferiority gate for CI: exit 0 pass, 1 regression, 2 cannot decide."""
+    from .gate import EXIT, gate, print_gate
+
+    report = gate(baseline, candidate, metrics=metric, margin=margin, alpha=alpha, power=power,
+                  max_invalid_rate=max_invalid_rate, out=out, show=False)
+    if report.verdict == "undecided":  # outputs are written; the terminal gets one line
+        raise EvalkitError(f"cannot decide: {report.reason}")
+    print_gate(report, Path(out) if out else candidate)
+    raise typer.Exit(EXIT[report.verdict])
+
+
+@app.command()
+def plan(
+    metric: Annotated[str, typer.Option(help="Metric, e.g. tes.total.")],
+    margin: Annotated[float, typer.Option(help="Non-inferiority margin, in the metric's units.")],
+    sd: Annotated[Optional[float], typer.Option(help="SD of paired per-session differences.")] = None,
+    run: Annotated[Optional[list[Path]], typer.Option(help="One stored run (SD of differences taken as sqrt(2) x the SD of scores), or two (SD of their matched differences).")] = None,
+    power: Annotated[float, typer.Option()] = 0.8,
+    alpha: Annotated[float, typer.Option(help="One-sided significance level.")] = 0.05,
+) -> None:
+    """Sessions a gate needs to detect a drop of one margin (statsmodels power analysis)."""
+    from .statistics.noninferiority import sessions_needed
+
+    if (sd is None) == (not run):
+        raise EvalkitError("plan: give either --sd or --run (one or two stored runs)")
+    source = "given"
+    if run:
+        from .statistics.data import load_run, rubrics_of, session_table
+
+        runs = [load_run(r, name=f"run{i}") for i, r in enumerate(run)]
+        table = session_table(runs, rubrics_of(runs))
+        table = table[table["metric"] == metric].dropna(subset=["value"])
+        if table.empty:
+            raise EvalkitError(f"plan: --metric {metric} has no valid scores in {', '.join(map(str, run))}")
+        if len(runs) == 1:
+            sd, source = float(table["value"].std(ddof=1) * 2**0.5), f"sqrt(2) x SD of {len(table)} sessions in {run[0]}"
+        else:
+            wide = table.pivot_table(index="session", columns="condition", values="value").dropna()
+            sd, source = float((wide["run0"] - wide["run1"]).std(ddof=1)), f"SD of {len(wide)} matched differences"
+    n = sessions_needed(sd, margin, alpha, power)  # type: ignore[arg-type]
+    console.print(f"{metric}: {n} sessions to detect a drop of {margin:g} with power {power:g} at one-sided alpha {alpha:g} "
+                  f"(SD of differences {sd:.3f}, {source})", soft_wrap=True)
+
+
 @app.command()
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: results/demo-<time>).")] = None,

@@ -26,7 +26,9 @@ def _distribution(value: float, levels: list[int]) -> dict[str, float]:
 
 def write_run(directory: Path, *, effect: float, persona_effects: dict[str, float], replicates: int = 2,
               rubric_id: str = "psychocounsel", suite_version: str = "1.0.0", seed: int = 0,
-              noise: float = 0.4, judge: str = "judge-x", reply_chars: int = 200, skip: set[str] = frozenset()) -> Path:
+              noise: float = 0.4, judge: str = "judge-x", reply_chars: int = 200, skip: set[str] = frozenset(),
+              override: dict[tuple[str, str], float | None] | None = None) -> Path:
+    """`override[(session, item)]` sets one score outright (None: an invalid score)."""
     rubric = load_rubric(rubric_id)
     rng = np.random.default_rng(seed)
     store = RunStore(directory)
@@ -39,7 +41,6 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
     store.write_manifest(Manifest(evalkit_version="test", run_id=directory.name, status="complete", command=[],
                                   git_commit=None, config=config, config_sha256="h", roles={"judge": role, "therapist": role},
                                   self_play=False, self_judged=False, sessions_requested=0, started_at=NOW, host={}))
-    levels = rubric.scale.levels
     for persona, persona_effect in persona_effects.items():
         for r in range(replicates):
             session = f"{persona}#{r}"
@@ -52,9 +53,16 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
                                                stop_reason="single_response", started_at=NOW, ended_at=NOW))
             rows = []
             for item in rubric.items:
-                value = float(np.clip(3.0 + effect + persona_effect + rng.normal(0, noise), levels[0], levels[-1]))
-                rows.append(ItemScore(session_id=session, source_id=persona, rubric=rubric.id, rubric_version=rubric.version,
-                                      item=item.id, valid=True, expected=value, distribution=_distribution(value, levels),
-                                      judge=judge))
+                levels = rubric.scale_of(item).levels
+                centre = (levels[0] + levels[-1]) / 2
+                value = float(np.clip(centre + effect + persona_effect + rng.normal(0, noise), levels[0], levels[-1]))
+                if override and (session, item.id) in override:
+                    value = override[(session, item.id)]
+                row = dict(session_id=session, source_id=persona, rubric=rubric.id, rubric_version=rubric.version,
+                           item=item.id, judge=judge)
+                if value is None:
+                    rows.append(ItemScore(**row, valid=False, reason="planted invalid score"))
+                else:
+                    rows.append(ItemScore(**row, valid=True, expected=value, distribution=_distribution(value, levels)))
             store.append_scores(rows)
     return directory

@@ -36,6 +36,18 @@ class SuiteSampling(BaseModel):
     client: SamplingParams = SamplingParams(temperature=0.8, max_tokens=160)
 
 
+class GateDefaults(BaseModel):
+    """What `evalkit gate` checks for this suite unless told otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: dict[str, float] = Field(description="metric -> non-inferiority margin, in the metric's own units")
+    critical: list[str] = Field([], description="rubrics whose critical failures the candidate may not add")
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    power: float = Field(0.8, gt=0, lt=1)
+    max_invalid_rate: float = Field(0.05, ge=0, le=1)
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +63,7 @@ class Suite(BaseModel):
     turns: int = Field(6, ge=1, description="therapist turns per session")
     therapist_system_prompt: str
     sampling: SuiteSampling = SuiteSampling()
+    gate: GateDefaults | None = None
 
     @model_validator(mode="after")
     def _unit_fits(self) -> Suite:

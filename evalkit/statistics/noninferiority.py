@@ -1,0 +1,46 @@
+"""Non-inferiority on paired per-session differences, and the sessions a margin needs.
+
+d_i = baseline_i - candidate_i, oriented so that a positive d means the candidate is worse. The
+candidate is non-inferior when the one-sided upper (1 - alpha) confidence bound of mean(d) lies below
+the margin (a paired t-test of H0: mean(d) >= margin). Sample sizes come from statsmodels' power
+analysis for a one-sided paired t-test that must detect a true worsening of one margin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.power import TTestPower
+
+
+def upper_bound(d: np.ndarray, alpha: float) -> float:
+    n = len(d)
+    if n < 2:
+        return math.inf
+    return float(d.mean() + stats.t.ppf(1 - alpha, n - 1) * d.std(ddof=1) / math.sqrt(n))
+
+
+def sessions_needed(sd: float, margin: float, alpha: float, power: float) -> int:
+    """Sessions for a one-sided paired t-test at `alpha` to detect a mean difference of `margin` with `power`."""
+    if sd <= 0:
+        return 2
+    n = TTestPower().solve_power(effect_size=margin / sd, alpha=alpha, power=power, alternative="larger")
+    return max(2, math.ceil(n))
+
+
+def decide(d: np.ndarray, margin: float, alpha: float, power: float) -> dict:
+    """'pass', 'regression' or 'undecided' for one metric, with the numbers behind it."""
+    n = len(d)
+    sd = float(d.std(ddof=1)) if n > 1 else float("nan")
+    bound = upper_bound(d, alpha)
+    needed = sessions_needed(sd, margin, alpha, power) if n > 1 else 2
+    if n >= 2 and bound < margin:
+        verdict, why = "pass", f"upper bound {bound:.3f} < margin {margin:g}"
+    elif n >= needed:
+        verdict, why = "regression", f"upper bound {bound:.3f} >= margin {margin:g} (mean drop {d.mean():.3f})"
+    else:
+        verdict, why = "undecided", f"bound {bound:.3f} is not below margin {margin:g} and {n} sessions are too few: {needed} needed"
+    return {"verdict": verdict, "reason": why, "n": n, "mean_drop": float(d.mean()) if n else None, "sd": sd,
+            "upper_bound": bound, "margin": margin, "alpha": alpha, "power": power, "sessions_needed": needed}
