@@ -63,6 +63,8 @@ def run_command(
     judge_min_mass: Annotated[float, typer.Option(help="Unconstrained judges must put this much probability on score tokens.")] = 0.5,
     adherence_threshold: Annotated[float, typer.Option(help="Flag sessions whose simulated client passes fewer of its persona checks.")] = 0.8,
     adherence: Annotated[bool, typer.Option(help="Check every simulated client turn against its persona.")] = True,
+    replay_client: Annotated[Optional[Path], typer.Option(help="Re-use a stored run's client turns while the therapist's replies match it (low-noise gates).")] = None,
+    scripted_client: Annotated[Optional[Path], typer.Option(help="Take every client turn from a scripts YAML (deterministic checks).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """Simulate sessions against a model, judge them, and write results/<run-id>/."""
@@ -75,7 +77,7 @@ def run_command(
         resume=resume, max_tokens=max_tokens, temperature=temperature, max_model_len=max_model_len,
         vllm_args=shlex.split(vllm_args), trust_remote_code=trust_remote_code,
         judge_settings=JudgeSettings(min_mass=judge_min_mass, adherence_threshold=adherence_threshold if adherence else None),
-        show_progress=not quiet, command=sys.argv)
+        show_progress=not quiet, command=sys.argv, replay_client=replay_client, scripted_client=scripted_client)
 
 
 @app.command()

@@ -21,9 +21,11 @@ class Turn(_Record):
     completion_tokens: int | None = None
     latency_s: float | None = None
     finish_reason: str | None = None
+    client_source: Literal["simulated", "replayed", "scripted", "persona"] | None = Field(
+        None, description="for client turns: where the words came from")
 
 
-StopReason = Literal["max_turns", "client_closed", "context_length", "single_response"]
+StopReason = Literal["max_turns", "client_closed", "context_length", "single_response", "script_end"]
 
 
 class Transcript(_Record):
@@ -118,6 +120,7 @@ class RunConfig(_Record):
     roles: dict[str, str] = Field(description="role -> model identity (content hash or served name)")
     judge_method: str
     adherence_threshold: float | None = Field(None, description="None when persona adherence is not checked")
+    client_mode: str = Field("simulated", description="simulated, replay:<run and transcripts hash>, scripted:<file hash>")
 
 
 class Manifest(_Record):

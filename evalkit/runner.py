@@ -24,6 +24,7 @@ from .progress import RunProgress, console, print_summary
 from .provenance import git_commit, host_info
 from .records import ContentRef, Manifest, RoleRecord, RunConfig, Summary
 from .roles import BackendKind, Backends, Role, RoleSpec, resolve_roles
+from .simulation.client_modes import ReplayClient, ScriptedClient, SimulatedClient
 from .simulation.engine import SessionEngine, run_bounded
 from .store import RunStore
 from .suites import LoadedSuite, SamplingParams, load_suite
@@ -83,10 +84,13 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
                     max_tokens: int | None = None, temperature: float | None = None,
                     max_model_len: int | None = None, vllm_args: list[str] | None = None,
                     trust_remote_code: bool = False, judge_settings: JudgeSettings | None = None,
-                    show_progress: bool = True, command: list[str] | None = None) -> RunResult:
+                    show_progress: bool = True, command: list[str] | None = None,
+                    replay_client: str | Path | None = None, scripted_client: str | Path | None = None) -> RunResult:
     """Simulate the suite's sessions against `model`, judge them, and write results/<run-id>/.
 
-    Use this form inside a running event loop (a notebook); `run` is the same for plain scripts.
+    `replay_client` re-uses a stored run's client turns while the therapist's replies match it;
+    `scripted_client` takes every client turn from a file. Use this form inside a running event loop
+    (a notebook); `run` is the same for plain scripts.
     Raises `EvalkitError` (one-line message) for bad input or a backend that fails; what finished is kept.
     """
     judge_settings = judge_settings or JudgeSettings()
@@ -108,13 +112,20 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
     if loaded.suite.unit == "response":
         warnings = [w for w in warnings if not w.startswith("self-play")]
     sampling = _sampling(loaded, max_tokens, temperature)
+    if replay_client and scripted_client:
+        raise ConfigError("--replay-client and --scripted-client exclude each other")
+    if (replay_client or scripted_client) and loaded.suite.unit != "session":
+        raise ConfigError(f"suite '{loaded.suite.id}' has no simulated client to replay or script")
+    cases = loaded.cases(sessions)
+    in_use = list({c.persona.id: c.persona for c in cases if c.persona}.values())
+    client_source = (ReplayClient(Path(replay_client)) if replay_client
+                     else ScriptedClient(Path(scripted_client), in_use) if scripted_client else None)
     directory = Path(out) if out else default_run_dir(loaded.suite.id, model)
     store = RunStore(directory)
     backends = Backends(directory, max_model_len=max_model_len, vllm_args=list(vllm_args or []),
                          trust_remote_code=trust_remote_code)
 
     manifest: Manifest | None = None
-    cases = loaded.cases(sessions)
     try:
         # Endpoint roles are cheap to check and name their model, which the configuration needs.
         for role in roles.values():
@@ -122,6 +133,7 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
                 role.backend = await backends.build(role)
                 role.identity = f"openai:{role.spec.endpoint}:{role.backend.info.model}"
         config = _config(loaded, roles, turns, sampling, judge_settings)
+        config.client_mode = client_source.mode if client_source else "simulated"
         previous = store.prepare(config, resume=resume)
         for warning in warnings:
             console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
@@ -138,8 +150,11 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
             host=host_info(), warnings=warnings,
         )
         store.write_manifest(manifest)
-        summary = await _simulate_and_judge(loaded, roles, store, cases, turns, sampling, concurrency,
-                                            judge_concurrency, judge_settings, show_progress, directory.name)
+        simulated = SimulatedClient(roles["client"].backend, sampling["client"])
+        if isinstance(client_source, ReplayClient):
+            client_source.fallback = simulated
+        summary = await _simulate_and_judge(loaded, roles, client_source or simulated, store, cases, turns, sampling,
+                                            concurrency, judge_concurrency, judge_settings, show_progress, directory.name)
     except BackendUnavailable as exc:
         if manifest:
             _finish(store, manifest, "interrupted")
@@ -176,17 +191,16 @@ def run(*args, **kwargs) -> RunResult:
     return asyncio.run(run_async(*args, **kwargs))
 
 
-async def _simulate_and_judge(loaded, roles, store, cases, turns, sampling, concurrency, judge_concurrency,
-                              judge_settings, show_progress, run_id) -> Summary:
+async def _simulate_and_judge(loaded, roles, client_source, store, cases, turns, sampling, concurrency,
+                              judge_concurrency, judge_settings, show_progress, run_id) -> Summary:
     done = store.transcripts()
     todo = [case for case in cases if case.session_id not in done]
     items_per_session = sum(len(r.items) for r in loaded.rubrics)
     with RunProgress(sessions=len(cases), judge_items=len(cases) * items_per_session, enabled=show_progress) as progress:
         progress.skip_sessions(len(cases) - len(todo))
         engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt,
-                               turns=turns, therapist=roles["therapist"].backend, client=roles["client"].backend,
-                               therapist_sampling=sampling["therapist"], client_sampling=sampling["client"],
-                               progress=progress)
+                               turns=turns, therapist=roles["therapist"].backend, client=client_source,
+                               therapist_sampling=sampling["therapist"], progress=progress)
 
         def keep(case, transcript):
             store.append_transcript(transcript)

@@ -279,3 +279,47 @@ def test_compare_with_position_swapped_pairwise_judge(vllm_endpoint, tmp_path):
     assert {k: summary[k] for k in ("wins", "losses", "ties")} == {k: expected[k] for k in ("wins", "losses", "ties")}
     overall = json.loads((out / "comparison.json").read_text())["metrics"]["psychocounsel.overall"]
     assert overall["mixed_model"]["df"] == 1 and overall["head_to_head"]["candidate"]["matched"] == 6
+
+
+def test_replay_client_reuses_recorded_turns_until_the_therapist_diverges(vllm_endpoint, tmp_path):
+    common = ["--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "3", "--turns", "3", "--max-tokens", "16",
+              "--concurrency", "1", "--no-adherence"]
+    assert run_cli("run", *common, "--temperature", "0", "--out", tmp_path / "base").code == 0
+    baseline = {t["session_id"]: t for t in read_jsonl(tmp_path / "base" / "transcripts.jsonl")}
+    for name, temperature in (("same", "0"), ("diverging", "1.5")):
+        out = tmp_path / name
+        result = run_cli("run", *common, "--temperature", temperature, "--replay-client", tmp_path / "base", "--out", out)
+        assert result.code == 0, result.output
+        assert json.loads((out / "manifest.json").read_text())["config"]["client_mode"].startswith("replay:base:")
+        for t in read_jsonl(out / "transcripts.jsonl"):
+            recorded = baseline[t["session_id"]]["turns"]
+            for k, turn in enumerate(t["turns"][1:], start=1):
+                if turn["role"] != "client":
+                    continue
+                matches = all(a["content"] == b["content"] for a, b in zip(t["turns"][:k], recorded[:k], strict=False))
+                assert turn["client_source"] == ("replayed" if matches else "simulated"), (name, k)
+                if matches:
+                    assert turn["content"] == recorded[k]["content"]
+    # A greedy therapist meets the same client: the whole session is replayed.
+    same = read_jsonl(tmp_path / "same" / "transcripts.jsonl")
+    assert all(turn["client_source"] == "replayed" for t in same for turn in t["turns"][1:] if turn["role"] == "client")
+
+
+def test_scripted_client(vllm_endpoint, tmp_path):
+    from evalkit.suites import load_suite
+
+    personas = [p.id for p in load_suite("tes").personas[:2]]
+    scripts = tmp_path / "scripts.yaml"
+    scripts.write_text("version: '1'\nscripts:\n" + "".join(f"  {p}: ['I am not sure where to start.']\n" for p in personas))
+    out = tmp_path / "run"
+    result = run_cli("run", "--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "2", "--turns", "3",
+                     "--max-tokens", "16", "--scripted-client", scripts, "--out", out, "--no-adherence")
+    assert result.code == 0, result.output
+    for t in read_jsonl(out / "transcripts.jsonl"):
+        assert t["stop_reason"] == "script_end"
+        assert [(x["role"], x["client_source"]) for x in t["turns"]] == [
+            ("client", "persona"), ("therapist", None), ("client", "scripted"), ("therapist", None)]
+        assert t["turns"][2]["content"] == "I am not sure where to start."
+    scripts.write_text("version: '1'\nscripts:\n  someone-else: ['hi']\n")
+    assert_one_line_error(run_cli("run", "--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "2",
+                                  "--scripted-client", scripts, "--out", tmp_path / "r2"), str(scripts), "no script for persona")

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from ..backends.base import Backend, Completion, ContextLengthExceeded
 from ..records import Transcript, Turn
 from ..suites import Case, SamplingParams
-from .client import clean_client_reply, client_messages, therapist_messages
+from .client import therapist_messages
 
 
 class Progress:
@@ -25,22 +25,25 @@ class Progress:
     def session_done(self, transcript: Transcript) -> None: ...
 
 
-def _turn(role: str, completion: Completion, content: str | None = None) -> Turn:
+def _turn(role: str, completion: Completion | None, content: str | None = None, source: str | None = None) -> Turn:
+    if completion is None:
+        return Turn(role=role, content=content or "", client_source=source)  # type: ignore[arg-type]
     return Turn(role=role, content=completion.text.strip() if content is None else content,  # type: ignore[arg-type]
                 prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                latency_s=round(completion.latency_s, 4), finish_reason=completion.finish_reason)
+                latency_s=round(completion.latency_s, 4), finish_reason=completion.finish_reason,
+                client_source=source)  # type: ignore[arg-type]
 
 
 class SessionEngine:
-    def __init__(self, *, suite_id: str, system_prompt: str, turns: int, therapist: Backend, client: Backend,
-                 therapist_sampling: SamplingParams, client_sampling: SamplingParams, progress: Progress | None = None):
+    def __init__(self, *, suite_id: str, system_prompt: str, turns: int, therapist: Backend, client,
+                 therapist_sampling: SamplingParams, progress: Progress | None = None):
+        """`client`: where client turns come from (SimulatedClient, ReplayClient or ScriptedClient)."""
         self.suite_id = suite_id
         self.system_prompt = system_prompt
         self.turns = turns
         self.therapist = therapist
         self.client = client
         self.therapist_sampling = therapist_sampling
-        self.client_sampling = client_sampling
         self.progress = progress or Progress()
 
     async def _reply(self, backend: Backend, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
@@ -63,7 +66,7 @@ class SessionEngine:
     async def _session(self, case: Case) -> tuple[list[Turn], str]:
         persona = case.persona
         assert persona is not None
-        turns = [Turn(role="client", content=persona.opening_line.strip())]
+        turns = [Turn(role="client", content=persona.opening_line.strip(), client_source="persona")]
         for number in range(1, self.turns + 1):
             try:
                 reply = await self._reply(self.therapist, therapist_messages(self.system_prompt, turns), self.therapist_sampling)
@@ -73,13 +76,16 @@ class SessionEngine:
             if number == self.turns:
                 return turns, "max_turns"
             try:
-                answer = await self._reply(self.client, client_messages(persona, turns), self.client_sampling)
+                answer = await self.client.next_turn(persona, case.replicate, turns)
             except ContextLengthExceeded:
                 return turns, "context_length"
-            text, closed = clean_client_reply(answer.text)
-            if text:
-                turns.append(_turn("client", answer, text))
-            if closed:
+            if answer is None:
+                return turns, "script_end"
+            if answer.completion is not None:
+                self.progress.turn_done(answer.completion)
+            if answer.text:
+                turns.append(_turn("client", answer.completion, answer.text, answer.source))
+            if answer.closed:
                 return turns, "client_closed"
         raise AssertionError("unreachable")
 
