@@ -145,6 +145,8 @@ def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metri
         paths.append(Path(baseline))
     if len(paths) < 2:
         raise ConfigError("compare needs at least two runs (or one run and --baseline)")
+    if pairwise_judge is not None and baseline is None:
+        raise ConfigError("--pairwise-judge-* needs --baseline: pairs are each run against the baseline")
     loaded = [load_run(p) for p in paths]
     problems = incompatibilities(loaded)
     if problems:
@@ -163,23 +165,23 @@ def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metri
     if len(judges) > 1:
         warnings.append("the runs were judged by different judges; differences mix model and judge effects")
 
+    # The judge's item ratings, for exactly the sessions the analysis keeps (matched, not excluded).
     ratings = pd.concat([r.scores.assign(condition=r.name) for r in loaded], ignore_index=True)
     ratings["metric"] = ratings["rubric"] + "." + ratings["item"]
+    kept = set(zip(table["condition"], table["session"], strict=True))
+    ratings = ratings[[(c, s) in kept for c, s in zip(ratings["condition"], ratings["session_id"], strict=True)]]
     sessions = set(table["session"])
+    composites = {f"{r.id}.{c.id}" for r in rubrics for c in r.composites}
     results = {}
     for metric in chosen:
         data = table[table["metric"] == metric]
-        is_item = metric in set(ratings["metric"])
-        item_ratings = ratings[(ratings["metric"] == metric) & ratings["rating"].notna()] if is_item else None
+        item_ratings = ratings[(ratings["metric"] == metric) & ratings["rating"].notna()] if metric not in composites else None
         results[metric] = analyse_metric(metric, data, item_ratings, conditions, base_name, metric_better(rubrics, metric),
-                                         bootstrap_rounds=bootstrap_rounds if metric.split(".", 1)[1] in
-                                         {c.id for r in rubrics for c in r.composites} else 0, seed=seed)
+                                         bootstrap_rounds=bootstrap_rounds if metric in composites else 0, seed=seed)
     out_dir = Path(out) if out else paths[0].parent / f"comparison-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
     pairwise = None
-    if pairwise_judge is not None:
-        if base_name is None:
-            raise ConfigError("--pairwise-judge-* needs --baseline: pairs are each run against the baseline")
+    if pairwise_judge is not None and base_name is not None:
         pairwise = asyncio.run(_pairwise({r.name: r for r in loaded}, base_name, pairwise_judge, sessions, out_dir, concurrency))
     comparison = Comparison(created_at=datetime.now(timezone.utc), runs={r.name: str(r.directory) for r in loaded},
                             baseline=base_name, suite=loaded[0].manifest.config.suite.id, sessions=len(sessions),

@@ -303,6 +303,10 @@ def test_replay_client_reuses_recorded_turns_until_the_therapist_diverges(vllm_e
     # A greedy therapist meets the same client: the whole session is replayed.
     same = read_jsonl(tmp_path / "same" / "transcripts.jsonl")
     assert all(turn["client_source"] == "replayed" for t in same for turn in t["turns"][1:] if turn["role"] == "client")
+    # Two runs of the same model and configuration pass the gate.
+    gate = run_cli("gate", "--baseline", tmp_path / "base", "--candidate", tmp_path / "same")
+    assert gate.code == 0, gate.output
+    assert json.loads((tmp_path / "same" / "gate.json").read_text())["verdict"] == "pass"
 
 
 def test_scripted_client(vllm_endpoint, tmp_path):

@@ -234,7 +234,9 @@ def test_compare_can_exclude_sessions_with_low_persona_adherence(tmp_path):
                                                 flagged=rate < 0.8, judge="j"))
     for flag, expected in ((["--exclude-flagged"], 15), ([], 16)):
         out = tmp_path / f"c{len(flag)}"
-        result = run_cli("compare", a, b, "--matched", "--out", out, "--metric", "psychocounsel.overall", *flag)
+        result = run_cli("compare", a, b, "--matched", "--out", out, "--metric", "psychocounsel.overall",
+                         "--metric", "psychocounsel.empathy", *flag)
         assert result.code == 0, result.output
         comparison = json.loads((out / "comparison.json").read_text())
         assert comparison["metrics"]["psychocounsel.overall"]["n"]["b"] == expected
+        assert sum(comparison["metrics"]["psychocounsel.empathy"]["rating_chi2"]["counts"][1]) == expected
