@@ -30,3 +30,7 @@ def simulators_dir() -> Path:
 
 def suites_dir() -> Path:
     return _PACKAGE / "suites"
+
+
+def lm_eval_tasks_dir() -> Path:
+    return _PACKAGE / "lm_eval_tasks"

@@ -160,6 +160,14 @@ def plan(
                   f"(SD of differences {sd:.3f}, {source})", soft_wrap=True)
 
 
+@app.command("lm-eval-path")
+def lm_eval_path() -> None:
+    """Print the folder of evalkit's lm-eval-harness tasks, for `lm_eval --include_path`."""
+    from ._resources import lm_eval_tasks_dir
+
+    print(lm_eval_tasks_dir())
+
+
 @app.command()
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default: results/demo-<time>).")] = None,
