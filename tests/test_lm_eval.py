@@ -91,3 +91,16 @@ def test_tasks_through_the_python_api(vllm_endpoint, tiny_model, tmp_path, monke
         tasks=["evalkit_counsel_pref"], task_manager=manager, limit=6)
     accuracy = results["results"]["evalkit_counsel_pref"]["acc,none"]
     assert 0 <= accuracy <= 1
+
+    # PsychoCounsel-Preference from a local file in its published columns, passed as task metadata.
+    import pandas as pd
+
+    path = tmp_path / "pcp.parquet"
+    pd.DataFrame([{"question": f"I can't sleep before exams ({i}).", "chosen": "What happens in your mind at night?",
+                   "rejected": "Just take a pill.", "chosen_model": "a", "rejected_model": "b"} for i in range(3)]).to_parquet(path)
+    manager = TaskManager(include_path=str(lm_eval_tasks_dir()), metadata={"psychocounsel_preference": str(path)})
+    results = simple_evaluate(
+        model="local-completions",
+        model_args=f"model=tiny,base_url={vllm_endpoint}/v1/completions,tokenizer={tiny_model},num_concurrent=4,max_retries=1",
+        tasks=["evalkit_counsel_pref_psychocounsel"], task_manager=manager)
+    assert results["n-samples"]["evalkit_counsel_pref_psychocounsel"]["effective"] == 3
