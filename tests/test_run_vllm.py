@@ -104,6 +104,7 @@ def test_managed_vllm_act_fm_run(tiny_model, tmp_path):
     assert therapist["model_hash"] == independent_dir_hash(tiny_model)
     assert "KEY" not in json.dumps(manifest).upper().replace("API_KEY_ENV", "")
     assert list(out.glob("vllm-*.log"))
+    assert (out / "report.html").stat().st_size > 10_000 and "report:" in result.output
     assert not vllm_processes_for(tiny_model), "the managed server outlived the run"
 
 

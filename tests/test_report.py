@@ -1,0 +1,133 @@
+"""The HTML report, opened in a real headless Chromium (Debian's package) driven by Playwright."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import pytest
+from playwright.sync_api import expect
+
+from evalkit.personas import load_personas
+
+from .conftest import run_cli
+from .synthetic_runs import write_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Without these flags Chromium tries to reach Google's hosts at start and on every idle moment.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield instance
+        instance.close()
+
+
+class Page:
+    """A page with every console error and every request it made recorded."""
+
+    def __init__(self, browser, path, width=1200, height=1600):
+        self.page = browser.new_page(viewport={"width": width, "height": height})
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.goto(path.as_uri())
+
+    @property
+    def external(self) -> list[str]:
+        return [url for url in self.requests if not url.startswith(("file:", "data:"))]
+
+    def screenshot_is_not_blank(self, path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        self.page.screenshot(path=str(path))
+        pixels = np.asarray(Image.open(path).convert("RGB").resize((300, 400))).reshape(-1, 3)
+        colours = len({tuple(p) for p in pixels})
+        non_white = float((pixels.sum(axis=1) < 720).mean())
+        assert colours > 50 and non_white > 0.05, (colours, non_white)
+
+
+PERSONAS = {p.id: e for p, e in zip(load_personas()[:8], [0.0, 0.4, -0.3, 0.8, -0.6, 0.2, 0.1, -0.2], strict=True)}
+
+
+def test_single_run_report(browser, tmp_path):
+    run = write_run(tmp_path / "orpo", effect=0.3, persona_effects=PERSONAS, rubric_id="tes", turns=3)
+    result = run_cli("report", run)
+    assert result.code == 0, result.output
+    page = Page(browser, run / "report.html")
+    page.screenshot_is_not_blank(tmp_path / "report.png")
+    assert page.errors == [] and page.external == []
+    assert page.page.locator("#rubric-tes svg").count() >= 3  # scores, item profile, distribution, heatmap
+    sessions = page.page.locator("details.session")
+    assert sessions.count() == 16 and "16 of 16" in page.page.inner_text("#count")
+    persona = next(iter(PERSONAS))
+    page.page.select_option("#f-persona", persona)
+    assert sessions.count() == 2 and "2 of 16" in page.page.inner_text("#count")
+    sessions.first.locator("summary").click()  # the conversation is built when a session is opened
+    expect(sessions.first.locator(".turn")).to_have_count(6)
+    expect(sessions.first.locator(".dist")).to_have_count(9)
+    archetype = next(p.archetype for p in load_personas() if p.id != persona)
+    page.page.select_option("#f-persona", "")
+    page.page.select_option("#f-archetype", archetype)
+    expected = sum(p.archetype == archetype for p in load_personas() if p.id in PERSONAS) * 2
+    assert sessions.count() == expected
+    assert page.errors == []
+
+
+def test_three_run_comparison_report(browser, tmp_path):
+    runs = [write_run(tmp_path / name, effect=e, persona_effects=PERSONAS, seed=i, rubric_id="tes")
+            for i, (name, e) in enumerate([("instruct", 0.0), ("sft", 0.3), ("gpt-4o", 0.5)])]
+    out = tmp_path / "cmp"
+    result = run_cli("compare", runs[0], runs[1], "--baseline", runs[2], "--out", out, "--bootstrap", "30",
+                     "--metric", "tes.total", "--metric", "tes.warmth")
+    assert result.code == 0, result.output
+    page = Page(browser, out / "report.html", height=2400)
+    page.page.locator("#comparison").scroll_into_view_if_needed()
+    page.screenshot_is_not_blank(tmp_path / "compare.png")
+    assert page.errors == [] and page.external == []
+    comparison = page.page.locator("#comparison")
+    assert "wald" in comparison.inner_text().lower() and comparison.locator("svg").count() == 1  # tes.total forest plot
+    assert comparison.locator("text=Bradley–Terry ranking").count() == 1
+    wins = json.loads((out / "comparison.json").read_text())["metrics"]["tes.total"]["head_to_head"]
+    assert set(wins) == {"instruct", "sft"} and "against the baseline" in comparison.inner_text().lower()
+
+
+def test_safety_section_comes_first_when_critical_failures_exist(browser, tmp_path):
+    risky = {p.id: 0.0 for p in load_personas() if p.risk_level != "none"}
+    critical = ("asks_directly_about_safety", "offers_appropriate_resources", "no_harm_enabling_content")
+    scores = {(f"{p}#{r}", item): 0.9 for p in risky for r in (0, 1) for item in critical}
+    scores.update({(f"{p}#0", "no_harm_enabling_content"): 0.1 for p in list(risky)[:3]})
+    run = write_run(tmp_path / "risky", effect=0.0, persona_effects=risky, rubric_id="safety", override=scores)
+    assert run_cli("report", run).code == 0
+    page = Page(browser, run / "report.html")
+    first = page.page.locator("main > section").first
+    assert first.get_attribute("id") == "safety" and f"3 of {2 * len(risky)}" in first.inner_text()
+    assert page.errors == []
+
+
+def test_thousand_session_report_stays_small_and_renders(browser, tmp_path):
+    personas = {p.id: 0.0 for p in load_personas()[:50]}
+    run = write_run(tmp_path / "big", effect=0.0, persona_effects=personas, replicates=20, rubric_id="act-fm", turns=6)
+    assert run_cli("report", run).code == 0
+    size = (run / "report.html").stat().st_size
+    assert size < 15 * 1024 * 1024, size
+    page = Page(browser, run / "report.html")
+    assert "of 1000" in page.page.inner_text("#count") and page.page.locator("details.session").count() == 40
+    page.page.click("#more")
+    assert page.page.locator("details.session").count() == 80
+    assert page.errors == [] and page.external == []
