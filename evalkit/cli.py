@@ -65,6 +65,7 @@ def run_command(
     adherence: Annotated[bool, typer.Option(help="Check every simulated client turn against its persona.")] = True,
     replay_client: Annotated[Optional[Path], typer.Option(help="Re-use a stored run's client turns while the therapist's replies match it (low-noise gates).")] = None,
     scripted_client: Annotated[Optional[Path], typer.Option(help="Take every client turn from a scripts YAML (deterministic checks).")] = None,
+    judge_validation: Annotated[Optional[Path], typer.Option(help="The judge's validation.json (evalkit judge validate), recorded in the manifest.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """Simulate sessions against a model, judge them, and write results/<run-id>/."""
@@ -77,7 +78,8 @@ def run_command(
         resume=resume, max_tokens=max_tokens, temperature=temperature, max_model_len=max_model_len,
         vllm_args=shlex.split(vllm_args), trust_remote_code=trust_remote_code,
         judge_settings=JudgeSettings(min_mass=judge_min_mass, adherence_threshold=adherence_threshold if adherence else None),
-        show_progress=not quiet, command=sys.argv, replay_client=replay_client, scripted_client=scripted_client)
+        show_progress=not quiet, command=sys.argv, replay_client=replay_client, scripted_client=scripted_client,
+        judge_validation=judge_validation)
 
 
 @app.command()
@@ -115,12 +117,13 @@ def gate_command(
     power: Annotated[Optional[float], typer.Option(help="Power a regression verdict needs (default: the suite's, 0.8).")] = None,
     max_invalid_rate: Annotated[Optional[float], typer.Option(help="Most invalid item scores a run may have (default 0.05).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where gate.json, gate-junit.xml and gate.md go (default: the candidate run).")] = None,
+    require_validated_judge: Annotated[bool, typer.Option(help="Cannot decide unless both runs recorded a judge validation report.")] = False,
 ) -> None:
     """Non-inferiority gate for CI: exit 0 pass, 1 regression, 2 cannot decide."""
     from .gate import EXIT, gate, print_gate
 
     report = gate(baseline, candidate, metrics=metric, margin=margin, alpha=alpha, power=power,
-                  max_invalid_rate=max_invalid_rate, out=out, show=False)
+                  max_invalid_rate=max_invalid_rate, out=out, show=False, require_validated_judge=require_validated_judge)
     if report.verdict == "undecided":  # outputs are written; the terminal gets one line
         raise EvalkitError(f"cannot decide: {report.reason}")
     print_gate(report, Path(out) if out else candidate)
@@ -271,6 +274,53 @@ def personas(
     if short:
         console.print(f"[bold red]coverage short:[/bold red] {'; '.join(short)}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+judge_app = typer.Typer(no_args_is_help=True, help="Judges: validation against human ratings.")
+app.add_typer(judge_app, name="judge")
+
+
+@judge_app.command("validate")
+def judge_validate(
+    ratings: Annotated[Path, typer.Option(help="Human ratings JSONL (material, rubric, item, rater, score).")],
+    judge_model: Annotated[Optional[str], typer.Option(help="Judge model path/id (managed vLLM).")] = None,
+    judge_endpoint: Annotated[Optional[str], typer.Option(help="Judge endpoint.")] = None,
+    judge_api_key_env: Annotated[Optional[str], typer.Option()] = None,
+    judge_backend: Backend = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for validation.json (default: results/judge-validation-<time>).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the CIs (resampling materials).")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Score human-rated material with the judge; report ICC, weighted kappa, Spearman, Krippendorff's alpha,
+    MAE and exact/adjacent agreement with bootstrap CIs, human-human beside judge-human."""
+    import asyncio
+    from datetime import datetime
+
+    from .judging.validation import validate_judge
+
+    spec = RoleSpec(judge_model, judge_endpoint, judge_api_key_env, _backend(judge_backend, "--judge-backend"))
+    if not spec.given:
+        raise EvalkitError("judge validate: give --judge-model or --judge-endpoint")
+    out = out or Path("results") / f"judge-validation-{datetime.now():%Y%m%d-%H%M%S}"
+    report = asyncio.run(validate_judge(ratings, spec, out=out, rounds=bootstrap, seed=seed))
+    table = Table(title=f"judge {report['judge']['model']} vs {len(report['raters'])} human raters "
+                        f"({report['materials']} materials)", title_justify="left")
+    for column in ("rubric", "score", "units", "ICC(A,1)", "QWK", "Spearman", "α", "MAE", "human ICC(A,1)"):
+        table.add_column(column)
+
+    def cell(stats: dict | None, key: str) -> str:
+        value = (stats or {}).get(key)
+        return "—" if value is None else f"{value:.2f}"
+
+    for rubric_id, section in report["rubrics"].items():
+        for kind in ("composites", "items"):
+            for score_id, stats in section[kind].items():
+                jh, hh = stats.get("judge_human"), stats.get("human_human")
+                table.add_row(rubric_id, score_id, str(stats["units"]), cell(jh, "icc_a1"), cell(jh, "qwk"), cell(jh, "spearman"),
+                              cell(jh, "krippendorff_alpha"), cell(jh, "mae"), cell(hh, "icc_a1"))
+    console.print(table)
+    console.print(f"validation report: [bold]{escape(str(out / 'validation.json'))}[/bold] "
+                  f"(record it in runs with --judge-validation)")
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Turn published datasets (local files) into evalkit personas and utterances.")

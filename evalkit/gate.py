@@ -72,8 +72,13 @@ def _critical_check(baseline: Run, candidate: Run, rubric_id: str, rubrics) -> d
 
 def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | None = None, margin: float | None = None,
          alpha: float | None = None, power: float | None = None, max_invalid_rate: float | None = None,
-         out: str | Path | None = None, show: bool = True) -> GateReport:
+         out: str | Path | None = None, show: bool = True, require_validated_judge: bool = False) -> GateReport:
     base, cand = load_run(baseline, name="baseline"), load_run(candidate, name="candidate")
+    if require_validated_judge:
+        unvalidated = [run.directory for run in (base, cand) if not run.manifest.judge_validation]
+        if unvalidated:
+            raise EvalkitError(f"cannot gate: {unvalidated[0]} records no judge validation report "
+                               "(evalkit judge validate, then evalkit run --judge-validation)")
     problems = incompatibilities([base, cand])
     judges = {r.manifest.roles["judge"].model_hash or r.manifest.roles["judge"].model for r in (base, cand)}
     if len(judges) > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -141,6 +141,8 @@ class Manifest(_Record):
     host: dict[str, str]
     warnings: list[str] = []
     counts: dict[str, int] = {}
+    judge_validation: dict[str, Any] | None = Field(
+        None, description="the validation report this run's judge was checked with: path, sha256, headline agreement")
 
 
 class Stat(_Record):

@@ -64,6 +64,24 @@ def _config(loaded: LoadedSuite, roles: dict[str, Role], turns: int, sampling: d
     )
 
 
+def _judge_validation(path: Path, judge_identity: str) -> dict:
+    """The validation report a run's judge was checked with; it must be about this very judge."""
+    import json
+
+    try:
+        report = json.loads(path.read_text())
+        validated = report["judge"]["identity"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--judge-validation {path}: not an evalkit validation report ({exc})") from None
+    if validated != judge_identity:
+        raise ConfigError(f"--judge-validation {path}: it validated judge {validated}, but this run's judge is {judge_identity}")
+    headline = {rubric: {c: s.get("judge_human", {}).get("icc_a1") for c, s in section["composites"].items()}
+                for rubric, section in report.get("rubrics", {}).items()}
+    return {"report": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "created_at": report.get("created_at"), "materials": report.get("materials"),
+            "raters": len(report.get("raters", [])), "icc_a1_by_composite": headline}
+
+
 def _role_record(role: Role) -> RoleRecord:
     info = role.backend.info.model_dump()  # type: ignore[union-attr]
     if role.kind != "openai":
@@ -85,7 +103,8 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
                     max_model_len: int | None = None, vllm_args: list[str] | None = None,
                     trust_remote_code: bool = False, judge_settings: JudgeSettings | None = None,
                     show_progress: bool = True, command: list[str] | None = None,
-                    replay_client: str | Path | None = None, scripted_client: str | Path | None = None) -> RunResult:
+                    replay_client: str | Path | None = None, scripted_client: str | Path | None = None,
+                    judge_validation: str | Path | None = None) -> RunResult:
     """Simulate the suite's sessions against `model`, judge them, and write results/<run-id>/.
 
     `replay_client` re-uses a stored run's client turns while the therapist's replies match it;
@@ -134,6 +153,7 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
                 role.identity = f"openai:{role.spec.endpoint}:{role.backend.info.model}"
         config = _config(loaded, roles, turns, sampling, judge_settings)
         config.client_mode = client_source.mode if client_source else "simulated"
+        validation = _judge_validation(Path(judge_validation), config.roles["judge"]) if judge_validation else None
         previous = store.prepare(config, resume=resume)
         for warning in warnings:
             console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
@@ -147,7 +167,7 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
             self_play=roles["client"].defaulted and loaded.suite.unit == "session", self_judged=roles["judge"].defaulted,
             sessions_requested=max(len(cases), previous.sessions_requested if previous else 0),
             started_at=previous.started_at if previous else datetime.now(timezone.utc),
-            host=host_info(), warnings=warnings,
+            host=host_info(), warnings=warnings, judge_validation=validation,
         )
         store.write_manifest(manifest)
         simulated = SimulatedClient(roles["client"].backend, sampling["client"])
