@@ -185,10 +185,11 @@ def _comparison(comparison: dict[str, Any] | None, rubrics: list[Rubric]) -> dic
             wins.append({"metric": metric, "candidate": cand, "wlt": f"{w['wins']}/{w['losses']}/{w['ties']}",
                          "rate": "—" if w["win_rate"] is None else f"{w['win_rate']:.0%}",
                          "ci": "—" if w["ci_low"] is None else f"{w['ci_low']:.0%}–{w['ci_high']:.0%}", "p": _p(w["sign_test_p"])})
+        separated = set(((r.get("bradley_terry") or {}).get("_warning") or {}).get("separated", []))
         for model, s in (r.get("bradley_terry") or {}).items():
             if not model.startswith("_") and "strength" in s:
-                bt.append({"metric": metric, "model": model, "strength": _fmt(s["strength"]),
-                           "ci": f"{_fmt(s['ci_low'])} to {_fmt(s['ci_high'])}"})
+                bt.append({"metric": metric, "model": model + (" (won or lost every comparison: unbounded)" if model in separated else ""),
+                           "strength": _fmt(s["strength"]), "ci": f"{_fmt(s['ci_low'])} to {_fmt(s['ci_high'])}"})
     return {"sessions": comparison["sessions"], "baseline": comparison.get("baseline"), "omnibus": omnibus,
             "forests": forests, "wins": wins, "bradley_terry": bt}
 

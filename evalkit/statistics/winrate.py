@@ -90,6 +90,11 @@ def bradley_terry_bootstrap(outcomes: pd.DataFrame, models: list[str], *, groups
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
         out[m] = {"strength": point[m], "ci_low": float(low), "ci_high": float(high)}
     out["_bootstrap"] = {"rounds": rounds, "usable": len(draws), "seed": seed}  # type: ignore[assignment]
+    separated = sorted(m for m in models if (outcomes["winner"] == m).all() or (outcomes["loser"] == m).all()
+                       or m not in set(outcomes["winner"]) or m not in set(outcomes["loser"]))
+    if separated:  # the likelihood has no finite maximum for these models: their strengths are not estimates
+        out["_warning"] = {"separated": separated,  # type: ignore[assignment]
+                           "note": "won or lost every comparison; strengths and CIs for these models are unbounded"}
     return out
 
 
