@@ -106,6 +106,7 @@ def test_judge_validate_end_to_end_and_recorded_in_runs(vllm_endpoint, tmp_path)
     assert run.code == 0, run.output
     recorded = json.loads((tmp_path / "run" / "manifest.json").read_text())["judge_validation"]
     assert recorded["sha256"] and recorded["raters"] == 3
+    assert "validated against 3 human raters on 6 materials" in (tmp_path / "run" / "report.html").read_text()
     report["judge"]["identity"] = "some-other-judge"
     (tmp_path / "other.json").write_text(json.dumps(report))
     other = run_cli("run", "--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "2", "--turns", "1",

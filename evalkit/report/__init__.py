@@ -70,7 +70,16 @@ def _run_header(run: _Run) -> dict[str, Any]:
     return {"name": run.name, "suite": m.config.suite.id, "sessions": run.summary.sessions, "status": m.status,
             "dates": f"{m.started_at:%Y-%m-%d %H:%M} → {end}", "roles": roles, "version": m.evalkit_version,
             "judge_method": m.config.judge_method, "client_mode": m.config.client_mode,
-            "validation": "no validation report recorded (agreement with human raters unknown)", "warnings": warnings}
+            "validation": _validation_status(m.judge_validation), "warnings": warnings}
+
+
+def _validation_status(validation: dict[str, Any] | None) -> str:
+    if not validation:
+        return "no validation report recorded (agreement with human raters unknown)"
+    iccs = [f"{rubric}.{c} ICC(A,1) {v:.2f}" for rubric, comps in validation.get("icc_a1_by_composite", {}).items()
+            for c, v in comps.items() if v is not None]
+    return (f"validated against {validation.get('raters')} human raters on {validation.get('materials')} materials"
+            + (f" ({'; '.join(iccs[:3])})" if iccs else "") + f"; report {validation.get('report')}")
 
 
 def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, str]]) -> dict[str, Any]:
