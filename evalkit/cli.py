@@ -323,6 +323,49 @@ def judge_validate(
                   f"(record it in runs with --judge-validation)")
 
 
+@judge_app.command("eval-pref")
+def judge_eval_pref(
+    data: Annotated[Path, typer.Option(help="Preference pairs in PsychoCounsel-Preference format (parquet or JSONL).")],
+    judge_model: Annotated[Optional[str], typer.Option(help="LLM judge (model path/id), asked in both orders.")] = None,
+    judge_endpoint: Annotated[Optional[str], typer.Option(help="LLM judge endpoint.")] = None,
+    judge_api_key_env: Annotated[Optional[str], typer.Option()] = None,
+    judge_backend: Backend = "auto",
+    reward_model: Annotated[Optional[Path], typer.Option(help="A sequence-classification reward model (transformers).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N pairs.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for eval-pref.json.")] = None,
+) -> None:
+    """Accuracy of a judge or reward model on human preference pairs (ties count half)."""
+    import asyncio
+    from datetime import datetime
+
+    from .judging.preference import llm_judge_preference, reward_model_preference, write
+    from .loaders import load_psychocounsel_preference
+    from .roles import Backends, resolve_roles
+
+    spec = RoleSpec(judge_model, judge_endpoint, judge_api_key_env, _backend(judge_backend, "--judge-backend"))
+    if spec.given == (reward_model is not None):
+        raise EvalkitError("judge eval-pref: give either an LLM judge (--judge-model/--judge-endpoint) or --reward-model")
+    pairs = load_psychocounsel_preference(data)[:limit]
+    out = out or Path("results") / f"eval-pref-{datetime.now():%Y%m%d-%H%M%S}"
+    if reward_model is not None:
+        report = reward_model_preference(str(reward_model), pairs)
+    else:
+        async def with_judge() -> dict:
+            role = resolve_roles({"therapist": spec})[0]["therapist"]
+            backends = Backends(out, max_model_len=None, vllm_args=[], trust_remote_code=False)
+            try:
+                return await llm_judge_preference(await backends.build(role), pairs)
+            finally:
+                await backends.close()
+
+        report = asyncio.run(with_judge())
+    path = write(report, out)
+    rate = "—" if report["accuracy"] is None else f"{report['accuracy']:.1%}"
+    console.print(f"{escape(report['judge'])} ({report['kind']}): accuracy {rate} on {report['pairs']} pairs "
+                  f"({report['correct']} right, {report['wrong']} wrong, {report['ties']} ties, {report['invalid']} invalid); "
+                  f"{escape(str(path))}", soft_wrap=True)
+
+
 import_app = typer.Typer(no_args_is_help=True, help="Turn published datasets (local files) into evalkit personas and utterances.")
 app.add_typer(import_app, name="import")
 
