@@ -323,6 +323,31 @@ def judge_validate(
                   f"(record it in runs with --judge-validation)")
 
 
+@judge_app.command("train")
+def judge_train(
+    ratings: Annotated[Path, typer.Option(help="Human ratings JSONL (as for judge validate).")],
+    base: Annotated[str, typer.Option(help="Base model to fine-tune (local path).")],
+    out: Annotated[Path, typer.Option(help="Folder for adapter/, merged/ and train.json.")],
+    full: Annotated[bool, typer.Option(help="Train every weight instead of a LoRA adapter (small models).")] = False,
+    epochs: Annotated[int, typer.Option()] = 3,
+    learning_rate: Annotated[float, typer.Option()] = 2e-4,
+    validation_fraction: Annotated[float, typer.Option(help="Share of rated materials held out (split by material).")] = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fine-tune a judge on human ratings, in the exact prompt format it is scored with."""
+    from .judging.training import train_judge
+
+    if out.exists() and any(out.iterdir()):
+        raise EvalkitError(f"--out {out} is not empty; choose another folder")
+    report = train_judge(ratings, base, out, full=full, epochs=epochs, learning_rate=learning_rate,
+                         validation_fraction=validation_fraction, seed=seed)
+    b, a = report["validation_before"], report["validation_after"]
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    console.print(f"trained {report['method']} on {report['examples']['train']} examples; validation loss {fmt(b['loss'])} → "
+                  f"{fmt(a['loss'])}, accuracy {fmt(b['accuracy'])} → {fmt(a['accuracy'])}; judge: [bold]{escape(report['judge'])}[/bold]",
+                  soft_wrap=True)
+
+
 @judge_app.command("eval-pref")
 def judge_eval_pref(
     data: Annotated[Path, typer.Option(help="Preference pairs in PsychoCounsel-Preference format (parquet or JSONL).")],
