@@ -290,6 +290,7 @@ def judge_validate(
     out: Annotated[Optional[Path], typer.Option(help="Folder for validation.json (default: results/judge-validation-<time>).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the CIs (resampling materials).")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
+    repeats: Annotated[int, typer.Option(help="Score everything this many times and report how much scores move.")] = 1,
 ) -> None:
     """Score human-rated material with the judge; report ICC, weighted kappa, Spearman, Krippendorff's alpha,
     MAE and exact/adjacent agreement with bootstrap CIs, human-human beside judge-human."""
@@ -302,7 +303,7 @@ def judge_validate(
     if not spec.given:
         raise EvalkitError("judge validate: give --judge-model or --judge-endpoint")
     out = out or Path("results") / f"judge-validation-{datetime.now():%Y%m%d-%H%M%S}"
-    report = asyncio.run(validate_judge(ratings, spec, out=out, rounds=bootstrap, seed=seed))
+    report = asyncio.run(validate_judge(ratings, spec, out=out, rounds=bootstrap, seed=seed, repeats=repeats))
     table = Table(title=f"judge {report['judge']['model']} vs {len(report['raters'])} human raters "
                         f"({report['materials']} materials)", title_justify="left")
     for column in ("rubric", "score", "units", "ICC(A,1)", "QWK", "Spearman", "α", "MAE", "human ICC(A,1)"):
@@ -319,6 +320,9 @@ def judge_validate(
                 table.add_row(rubric_id, score_id, str(stats["units"]), cell(jh, "icc_a1"), cell(jh, "qwk"), cell(jh, "spearman"),
                               cell(jh, "krippendorff_alpha"), cell(jh, "mae"), cell(hh, "icc_a1"))
     console.print(table)
+    if report["repeat_variability"]:
+        rv = report["repeat_variability"]
+        console.print(f"scored {rv['repeats']} times: mean SD of a unit's expected score {rv['mean_sd']:.4f} (max {rv['max_sd']:.4f})")
     console.print(f"validation report: [bold]{escape(str(out / 'validation.json'))}[/bold] "
                   f"(record it in runs with --judge-validation)")
 

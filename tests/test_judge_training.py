@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from .conftest import run_cli
+import pytest
+
+from .conftest import TINY_MAX_MODEL_LEN, TINY_VLLM_ARGS, run_cli
 from .test_judge_validation import _ratings
 
 
@@ -28,6 +30,23 @@ def test_lora_training_learns_the_score_format_and_the_judge_loads(tiny_model, t
     assert validated.code == 0, validated.output
     summary = json.loads((tmp_path / "validation" / "validation.json").read_text())
     assert summary["invalid_judge_scores"] == 0 and "warmth" in summary["rubrics"]["tes"]["items"]
+
+
+@pytest.mark.vllm
+def test_trained_judge_is_served_by_vllm_and_scores_a_run(tiny_model, vllm_endpoint, tmp_path):
+    """The merged judge is served by vLLM's CPU build (managed by evalkit) and scores a run."""
+    ratings = _ratings(tmp_path / "ratings.jsonl", materials=6)
+    judge = tmp_path / "judge"
+    assert run_cli("judge", "train", "--ratings", ratings, "--base", tiny_model, "--out", judge, "--epochs", "1").code == 0
+    out = tmp_path / "run"
+    result = run_cli("run", "--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "2", "--turns", "1",
+                     "--max-tokens", "8", "--no-adherence", "--judge-model", judge / "merged", "--max-model-len", TINY_MAX_MODEL_LEN,
+                     "--vllm-args", TINY_VLLM_ARGS, "--out", out, timeout=900)
+    assert result.code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["roles"]["judge"]["kind"] == "vllm-managed" and manifest["roles"]["judge"]["model_path"] == str((judge / "merged").resolve())
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 18 and all(r["valid"] and r["judge"] == "merged" for r in rows)
 
 
 def test_training_refuses_a_non_empty_output_folder(tiny_model, tmp_path):

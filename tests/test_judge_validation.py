@@ -34,6 +34,31 @@ def test_krippendorff_alpha_matches_the_published_example(level, printed):
     assert round(kripp_alpha(KRIPPENDORFF, level, [1, 2, 3, 4, 5] if level == "ordinal" else None), 3) == printed
 
 
+def icc_a1_by_hand(x: np.ndarray) -> float:
+    """McGraw & Wong (1996) ICC(A,1) from two-way ANOVA mean squares."""
+    n, k = x.shape
+    grand = x.mean()
+    ms_rows = k * ((x.mean(axis=1) - grand) ** 2).sum() / (n - 1)
+    ms_cols = n * ((x.mean(axis=0) - grand) ** 2).sum() / (k - 1)
+    ss_err = ((x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + grand) ** 2).sum()
+    ms_err = ss_err / ((n - 1) * (k - 1))
+    return (ms_rows - ms_err) / (ms_rows + (k - 1) * ms_err + k / n * (ms_cols - ms_err))
+
+
+def qwk_by_hand(a: np.ndarray, b: np.ndarray, low: int, high: int) -> float:
+    size = high - low + 1
+    observed = np.zeros((size, size))
+    for x, y in zip(a.astype(int), b.astype(int), strict=True):
+        observed[x - low, y - low] += 1
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    weights = np.array([[(i - j) ** 2 for j in range(size)] for i in range(size)]) / (size - 1) ** 2
+    return 1 - (weights * observed).sum() / (weights * expected).sum()
+
+
+def test_icc_by_hand_agrees_with_shrout_and_fleiss():
+    assert round(icc_a1_by_hand(SHROUT_FLEISS), 2) == 0.29
+
+
 def test_quadratic_weighted_kappa_by_hand():
     a, b = np.array([1, 2, 3, 4, 5, 3, 2, 4]), np.array([1, 3, 3, 5, 4, 2, 2, 4])
     levels = [1, 2, 3, 4, 5]
@@ -83,7 +108,7 @@ def test_judge_validate_end_to_end_and_recorded_in_runs(vllm_endpoint, tmp_path)
     ratings = _ratings(tmp_path / "ratings.jsonl")
     out = tmp_path / "validation"
     result = run_cli("judge", "validate", "--ratings", ratings, "--judge-endpoint", vllm_endpoint, "--out", out,
-                     "--bootstrap", "200")
+                     "--bootstrap", "200", "--repeats", "2")
     assert result.code == 0, result.output
     report = json.loads((out / "validation.json").read_text())
     warmth = report["rubrics"]["tes"]["items"]["warmth"]
@@ -99,6 +124,10 @@ def test_judge_validate_end_to_end_and_recorded_in_runs(vllm_endpoint, tmp_path)
     assert warmth["judge_human"]["mae"] == pytest.approx(np.mean(np.abs(judge - human)), abs=1e-12)
     assert warmth["judge_human"]["spearman"] == pytest.approx(stats.spearmanr(judge, human).statistic, abs=1e-12)
     assert warmth["judge_human"]["exact"] == pytest.approx(np.mean(np.rint(judge) == np.rint(human)), abs=1e-12)
+    assert warmth["judge_human"]["adjacent"] == pytest.approx(np.mean(np.abs(np.rint(judge) - np.rint(human)) <= 1), abs=1e-12)
+    assert warmth["judge_human"]["icc_a1"] == pytest.approx(icc_a1_by_hand(np.column_stack([judge, human])), abs=1e-9)
+    assert warmth["judge_human"]["qwk"] == pytest.approx(qwk_by_hand(np.rint(judge), np.rint(human), 1, 7), abs=1e-9)
+    assert report["repeat_variability"]["repeats"] == 2 and report["repeat_variability"]["mean_sd"] < 1e-3
 
     # A run records the validation report of its judge; a report about another judge is refused.
     run = run_cli("run", "--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "2", "--turns", "1",

@@ -156,7 +156,21 @@ def validation_report(rows: list[RatingRow], materials: dict[str, Transcript], r
     return report
 
 
-async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
+def _repeat_variability(first: dict, repeats: list[dict]) -> dict[str, Any] | None:
+    """How much the judge's expected score moves when the same unit is scored again."""
+    if not repeats:
+        return None
+    sds = []
+    for key, value in first.items():
+        values = [value] + [r.get(key) for r in repeats]
+        if all(v is not None for v in values):
+            sds.append(float(np.std(values, ddof=1)))
+    return {"repeats": len(repeats) + 1, "units": len(sds), "mean_sd": float(np.mean(sds)) if sds else None,
+            "max_sd": float(np.max(sds)) if sds else None}
+
+
+async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 1000, seed: int = 0,
+                         repeats: int = 1) -> dict[str, Any]:
     """Score the rated material with the judge, compute agreement, and write `out/validation.json`."""
     from ..roles import Backends, resolve_roles
 
@@ -167,7 +181,9 @@ async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 
     backends = Backends(out, max_model_len=None, vllm_args=[], trust_remote_code=False)
     try:
         backend = await backends.build(role)
-        scores = await _judge_scores(Judge(backend, JudgeSettings(adherence_threshold=None)), rows, materials, rubrics)
+        judge = Judge(backend, JudgeSettings(adherence_threshold=None))
+        scores = await _judge_scores(judge, rows, materials, rubrics)
+        again = [await _judge_scores(judge, rows, materials, rubrics) for _ in range(repeats - 1)]
     finally:
         await backends.close()
     identity = role.model_hash or f"openai:{role.spec.endpoint}:{backend.info.model}"
@@ -176,6 +192,7 @@ async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 
                         "server_version": backend.info.server_version},
               "ratings_file": str(ratings), "ratings_sha256": hashlib.sha256(ratings.read_bytes()).hexdigest(),
               "bootstrap": {"rounds": rounds, "seed": seed, "unit": "material"},
+              "repeat_variability": _repeat_variability(scores, again),
               **validation_report(rows, materials, rubrics, scores, rounds=rounds, seed=seed)}
     (out / "validation.json").write_text(json.dumps(report, indent=2))
     return report
