@@ -88,10 +88,16 @@ def power_by_hand(n: int, effect: float, alpha: float) -> float:
     return 1 - stats.nct.cdf(critical, n - 1, effect * math.sqrt(n))
 
 
-@pytest.mark.parametrize("sd, margin", [(0.5, 0.25), (1.2, 0.3), (3.0, 2.0)])
+@pytest.mark.parametrize("sd, margin", [(0.5, 0.25), (1.2, 0.3), (3.0, 2.0), (0.2, 0.25), (5.0, 0.1)])
 def test_sessions_needed_is_the_smallest_n_with_enough_power(sd, margin):
     n = sessions_needed(sd, margin, alpha=0.05, power=0.8)
     assert power_by_hand(n, margin / sd, 0.05) >= 0.8 > power_by_hand(n - 1, margin / sd, 0.05)
+
+
+def test_tiny_spread_needs_the_minimum_and_never_crashes():
+    # Replayed, near-identical sessions: statsmodels' root finder does not converge here.
+    assert sessions_needed(1e-9, 0.25, alpha=0.05, power=0.8) == 2
+    assert sessions_needed(0.0, 0.25, alpha=0.05, power=0.8) == 2
 
 
 def test_plan_command(tmp_path):

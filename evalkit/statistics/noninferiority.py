@@ -22,12 +22,28 @@ def upper_bound(d: np.ndarray, alpha: float) -> float:
     return float(d.mean() + stats.t.ppf(1 - alpha, n - 1) * d.std(ddof=1) / math.sqrt(n))
 
 
-def sessions_needed(sd: float, margin: float, alpha: float, power: float) -> int:
-    """Sessions for a one-sided paired t-test at `alpha` to detect a mean difference of `margin` with `power`."""
-    if sd <= 0:
+def sessions_needed(sd: float, margin: float, alpha: float, power: float, most: int = 10**7) -> int:
+    """The fewest sessions for a one-sided paired t-test at `alpha` to detect a mean difference of `margin`
+    with `power`: statsmodels' power function, searched over whole numbers (its root finder fails to
+    converge when the SD is tiny, e.g. for replayed, near-identical sessions)."""
+    if not math.isfinite(sd) or sd <= 0:
         return 2
-    n = TTestPower().solve_power(effect_size=margin / sd, alpha=alpha, power=power, alternative="larger")
-    return max(2, math.ceil(n))
+    analysis, effect = TTestPower(), margin / sd
+
+    def enough(n: int) -> bool:
+        return analysis.power(effect_size=effect, nobs=n, alpha=alpha, alternative="larger") >= power
+
+    if enough(2):
+        return 2
+    low, high = 2, 4
+    while not enough(high):
+        if high >= most:
+            return most
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
 
 
 def decide(d: np.ndarray, margin: float, alpha: float, power: float) -> dict:
