@@ -369,7 +369,7 @@ def judge_eval_pref(
 
     from .judging.preference import llm_judge_preference, reward_model_preference, write
     from .loaders import load_psychocounsel_preference
-    from .roles import Backends, resolve_roles
+    from .roles import judge_backend as open_judge
 
     spec = RoleSpec(judge_model, judge_endpoint, judge_api_key_env, _backend(judge_backend, "--judge-backend"))
     if spec.given == (reward_model is not None):
@@ -380,12 +380,8 @@ def judge_eval_pref(
         report = reward_model_preference(str(reward_model), pairs)
     else:
         async def with_judge() -> dict:
-            role = resolve_roles({"therapist": spec})[0]["therapist"]
-            backends = Backends(out, max_model_len=None, vllm_args=[], trust_remote_code=False)
-            try:
-                return await llm_judge_preference(await backends.build(role), pairs)
-            finally:
-                await backends.close()
+            async with open_judge(spec, out) as (backend, _):
+                return await llm_judge_preference(backend, pairs)
 
         report = asyncio.run(with_judge())
     path = write(report, out)
@@ -397,6 +393,12 @@ def judge_eval_pref(
 
 import_app = typer.Typer(no_args_is_help=True, help="Turn published datasets (local files) into evalkit personas and utterances.")
 app.add_typer(import_app, name="import")
+
+
+def _yaml(model) -> str:
+    import yaml
+
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 def _write_new(path: Path, text: str) -> None:
@@ -414,14 +416,12 @@ def import_patient_psi(
     out: Annotated[Path, typer.Option(help="Folder for the persona YAMLs; use it as a suite's persona_dir.")],
 ) -> None:
     """Patient-Psi cognitive-conceptualisation profiles -> one evalkit persona per profile and style."""
-    import yaml
-
     from .loaders import load_patient_psi
 
     imported = load_patient_psi(file)
     out.mkdir(parents=True, exist_ok=True)
     for persona in imported:
-        _write_new(out / f"{persona.id}.yaml", yaml.safe_dump(persona.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+        _write_new(out / f"{persona.id}.yaml", _yaml(persona))
     console.print(f"wrote {len(imported)} personas to [bold]{escape(str(out))}[/bold]")
 
 
@@ -431,14 +431,12 @@ def import_psychocounsel_preference(
     out: Annotated[Path, typer.Option(help="Utterances YAML to write; use it as a suite's utterances_file.")],
 ) -> None:
     """PsychoCounsel-Preference -> single-turn utterances (its questions) and a pairs JSONL beside them."""
-    import yaml
-
     from .loaders import load_psychocounsel_preference, preference_utterances
 
     pairs = load_psychocounsel_preference(file)
     utterances = preference_utterances(pairs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_new(out, yaml.safe_dump(utterances.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    _write_new(out, _yaml(utterances))
     pairs_path = out.with_name(f"{out.stem}-pairs.jsonl")
     _write_new(pairs_path, "".join(p.model_dump_json() + "\n" for p in pairs))
     console.print(f"wrote {len(utterances.utterances)} utterances to [bold]{escape(str(out))}[/bold] and "

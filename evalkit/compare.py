@@ -17,7 +17,7 @@ from rich.table import Table
 from .errors import ConfigError, EvalkitError
 from .judging.pairwise import PairwiseVerdict, judge_pair, pair_outcome
 from .progress import console
-from .roles import Backends, RoleSpec, resolve_roles
+from .roles import RoleSpec, judge_backend
 from .simulation.engine import run_bounded
 from .statistics.data import Run, incompatibilities, load_run, metric_better, rubrics_of, session_table
 from .statistics.mixed import fit_mixed_model
@@ -94,14 +94,10 @@ def _lengths(run: Run) -> dict[str, int]:
 
 async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleSpec, sessions: set[str], out_dir: Path,
                     concurrency: int) -> dict[str, Any]:
-    roles, _ = resolve_roles({"therapist": judge})
-    role = roles["therapist"]
-    backends = Backends(out_dir, max_model_len=None, vllm_args=[], trust_remote_code=False)
     rubric = rubrics_of(list(runs.values()))[0]
     keyed = {name: {f"{t.source_id}#{t.replicate}": t for t in run.transcripts.values()} for name, run in runs.items()}
     verdicts: list[PairwiseVerdict] = []
-    try:
-        backend = await backends.build(role)
+    async with judge_backend(judge, out_dir) as (backend, _):
         jobs = [(name, s) for name in runs if name != baseline for s in sorted(sessions)
                 if s in keyed[name] and s in keyed[baseline]]
 
@@ -110,8 +106,6 @@ async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleSpec, sessio
             return await judge_pair(backend, rubric, s, (name, keyed[name][s]), (baseline, keyed[baseline][s]))
 
         await run_bounded(jobs, work, concurrency=concurrency, on_result=lambda job, rows: verdicts.extend(rows))
-    finally:
-        await backends.close()
     path = out_dir / "pairwise.jsonl"
     path.write_text("".join(v.model_dump_json() + "\n" for v in verdicts))
     results: dict[str, Any] = {"judge": backend.info.model, "verdicts_file": str(path), "per_candidate": {}}

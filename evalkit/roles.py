@@ -6,6 +6,8 @@ One backend per distinct model; managed vLLM servers are owned here and stopped 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -158,3 +160,24 @@ def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[str, Role], list[str
                 hashes[role.model_path] = hash_model_dir(role.model_path)
             role.model_hash = hashes[role.model_path]
     return roles, warnings
+
+
+def role_identity(role: Role, backend: Backend) -> str:
+    """How runs and validation reports name a role's model: its content hash, or endpoint and served name."""
+    if role.model_hash:
+        return role.model_hash
+    return f"openai:{role.spec.endpoint}:{backend.info.model}" if role.kind == "openai" else role.identity
+
+
+@asynccontextmanager
+async def judge_backend(spec: RoleSpec, log_dir: Path) -> AsyncIterator[tuple[Backend, str]]:
+    """One backend for a judge outside a run (pairwise preference, validation, preference accuracy),
+    with its identity; a managed server is stopped on exit."""
+    role = resolve_roles({"therapist": spec})[0]["therapist"]
+    backends = Backends(log_dir, max_model_len=None, vllm_args=[], trust_remote_code=False)
+    try:
+        backend = await backends.build(role)
+        yield backend, role_identity(role, backend)
+    finally:
+        await backends.close()
+

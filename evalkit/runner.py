@@ -23,7 +23,7 @@ from .judging.judge import METHOD as JUDGE_METHOD
 from .progress import RunProgress, console, print_summary
 from .provenance import git_commit, host_info
 from .records import ContentRef, Manifest, RoleRecord, RunConfig, Summary
-from .roles import BackendKind, Backends, Role, RoleSpec, resolve_roles
+from .roles import BackendKind, Backends, Role, RoleSpec, resolve_roles, role_identity
 from .simulation.client_modes import ReplayClient, ScriptedClient, SimulatedClient
 from .simulation.engine import SessionEngine, run_bounded
 from .store import RunStore
@@ -150,7 +150,7 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
         for role in roles.values():
             if role.kind == "openai":
                 role.backend = await backends.build(role)
-                role.identity = f"openai:{role.spec.endpoint}:{role.backend.info.model}"
+                role.identity = role_identity(role, role.backend)
         config = _config(loaded, roles, turns, sampling, judge_settings)
         config.client_mode = client_source.mode if client_source else "simulated"
         validation = _judge_validation(Path(judge_validation), config.roles["judge"]) if judge_validation else None

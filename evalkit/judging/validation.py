@@ -172,21 +172,14 @@ def _repeat_variability(first: dict, repeats: list[dict]) -> dict[str, Any] | No
 async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 1000, seed: int = 0,
                          repeats: int = 1) -> dict[str, Any]:
     """Score the rated material with the judge, compute agreement, and write `out/validation.json`."""
-    from ..roles import Backends, resolve_roles
+    from ..roles import judge_backend
 
     rows, materials, rubrics = load_ratings(ratings)
-    roles, _ = resolve_roles({"therapist": judge_spec})
-    role = roles["therapist"]
     out.mkdir(parents=True, exist_ok=True)
-    backends = Backends(out, max_model_len=None, vllm_args=[], trust_remote_code=False)
-    try:
-        backend = await backends.build(role)
+    async with judge_backend(judge_spec, out) as (backend, identity):
         judge = Judge(backend, JudgeSettings(adherence_threshold=None))
         scores = await _judge_scores(judge, rows, materials, rubrics)
         again = [await _judge_scores(judge, rows, materials, rubrics) for _ in range(repeats - 1)]
-    finally:
-        await backends.close()
-    identity = role.model_hash or f"openai:{role.spec.endpoint}:{backend.info.model}"
     report = {"created_at": datetime.now(timezone.utc).isoformat(),
               "judge": {"model": backend.info.model, "identity": identity, "server": backend.info.server,
                         "server_version": backend.info.server_version},
