@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,19 +38,31 @@ def _cut_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
-def read_jsonl(path: Path, model: type[R]) -> list[R]:
+class ScoreValue(NamedTuple):
+    """The part of a score row that summaries need: a few bytes per row, however large the run."""
+
+    rubric: str
+    item: str
+    valid: bool
+    expected: float | None
+
+
+def iter_jsonl(path: Path, model: type[R]) -> Iterator[R]:
+    """Records one at a time, so a run of any size is read in constant memory."""
     if not path.exists():
-        return []
-    rows = []
+        return
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.endswith("\n"):
-                break  # torn tail of an interrupted write: not a record
+                return  # torn tail of an interrupted write: not a record
             try:
-                rows.append(model.model_validate_json(line))
+                yield model.model_validate_json(line)
             except ValidationError as exc:
                 raise EvalkitError(describe_validation_error(f"{path}:{number}", exc)) from None
-    return rows
+
+
+def read_jsonl(path: Path, model: type[R]) -> list[R]:
+    return list(iter_jsonl(path, model))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -104,21 +118,45 @@ class RunStore:
     def write_summary(self, summary: Summary) -> None:
         _write_atomic(self.path(SUMMARY), summary.model_dump_json(indent=2))
 
-    def transcripts(self) -> dict[str, Transcript]:
-        out: dict[str, Transcript] = {}
-        for t in read_jsonl(self.path(TRANSCRIPTS), Transcript):
-            out.setdefault(t.session_id, t)
-        return out
+    def iter_transcripts(self) -> Iterator[Transcript]:
+        """Each session's transcript once (the first written), streamed from disk."""
+        seen: set[str] = set()
+        for t in iter_jsonl(self.path(TRANSCRIPTS), Transcript):
+            if t.session_id not in seen:
+                seen.add(t.session_id)
+                yield t
 
-    def scores(self) -> dict[str, list[ItemScore]]:
-        by_session: dict[str, list[ItemScore]] = defaultdict(list)
+    def transcripts(self) -> dict[str, Transcript]:
+        return {t.session_id: t for t in self.iter_transcripts()}
+
+    def sources(self) -> dict[str, str]:
+        """session -> persona/utterance id, without keeping the transcripts."""
+        return {t.session_id: t.source_id for t in self.iter_transcripts()}
+
+    def _iter_scores(self) -> Iterator[ItemScore]:
         seen: set[tuple[str, str, str]] = set()
-        for row in read_jsonl(self.path(SCORES), ItemScore):
+        for row in iter_jsonl(self.path(SCORES), ItemScore):
             key = (row.session_id, row.rubric, row.item)
             if key not in seen:
                 seen.add(key)
-                by_session[row.session_id].append(row)
+                yield row
+
+    def scores(self) -> dict[str, list[ItemScore]]:
+        by_session: dict[str, list[ItemScore]] = defaultdict(list)
+        for row in self._iter_scores():
+            by_session[row.session_id].append(row)
         return dict(by_session)
+
+    def score_values(self) -> dict[str, list[ScoreValue]]:
+        """Like `scores()`, keeping only what a summary needs (no distributions, reasons or judge names)."""
+        by_session: dict[str, dict[tuple[str, str], ScoreValue]] = defaultdict(dict)
+        for row in iter_jsonl(self.path(SCORES), ItemScore):
+            key = (sys.intern(row.rubric), sys.intern(row.item))
+            by_session[row.session_id].setdefault(key, ScoreValue(*key, row.valid, row.expected))
+        return {sid: list(rows.values()) for sid, rows in by_session.items()}
+
+    def scored_sessions(self) -> set[str]:
+        return {row.session_id for row in iter_jsonl(self.path(SCORES), ItemScore)}
 
     def adherence(self) -> dict[str, SessionAdherence]:
         out: dict[str, SessionAdherence] = {}

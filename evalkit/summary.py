@@ -9,13 +9,15 @@ one persona are not counted as independent evidence.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import statsmodels.api as sm
 from statsmodels.stats.proportion import proportion_confint
 
-from .records import AdherenceSummary, CriticalFailures, ItemScore, RubricSummary, SessionAdherence, Stat, Summary, Transcript
+from .records import AdherenceSummary, CriticalFailures, ItemScore, RubricSummary, SessionAdherence, Stat, Summary
 from .rubrics import Rubric
+from .store import ScoreValue
 
 CI_METHOD = "OLS intercept, cluster-robust (CR1) SE by persona/utterance, t(G-1), 95%"
 CRITICAL_RULE = "a critical pass/fail item fails when the judge's probability of 'pass' is below 0.5"
@@ -47,7 +49,7 @@ def _stat(pairs: list[tuple[str, float | None]], value_range: tuple[float, float
                 clusters=len(set(clusters)), range=value_range)
 
 
-def summarise_rubric(rubric: Rubric, scores: dict[str, list[ItemScore]], sources: dict[str, str]) -> RubricSummary:
+def summarise_rubric(rubric: Rubric, scores: Mapping[str, Sequence[ItemScore | ScoreValue]], sources: dict[str, str]) -> RubricSummary:
     """`scores`: session -> its score rows; `sources`: session -> persona/utterance id (the cluster)."""
     per_item: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
     per_composite: dict[str, list[tuple[str, float | None]]] = defaultdict(list)
@@ -102,12 +104,12 @@ def summarise_adherence(rows: list[SessionAdherence], threshold: float) -> Adher
         invalid_checks=sum(c.p_pass is None for r in rows for c in r.checks))
 
 
-def summarise(run_id: str, suite_id: str, rubrics: list[Rubric], transcripts: dict[str, Transcript],
-              scores: dict[str, list[ItemScore]], adherence: dict[str, SessionAdherence] | None = None,
+def summarise(run_id: str, suite_id: str, rubrics: list[Rubric], sources: dict[str, str],
+              scores: Mapping[str, Sequence[ItemScore | ScoreValue]], adherence: dict[str, SessionAdherence] | None = None,
               adherence_threshold: float | None = None) -> Summary:
-    sources = {sid: t.source_id for sid, t in transcripts.items()}
-    judged = {sid: rows for sid, rows in scores.items() if sid in transcripts}
-    checked = [row for sid, row in (adherence or {}).items() if sid in transcripts]
-    return Summary(run_id=run_id, suite=suite_id, sessions=len(transcripts), ci_method=CI_METHOD,
+    """`sources`: session -> persona/utterance id, for every transcript of the run."""
+    judged = {sid: rows for sid, rows in scores.items() if sid in sources}
+    checked = [row for sid, row in (adherence or {}).items() if sid in sources]
+    return Summary(run_id=run_id, suite=suite_id, sessions=len(sources), ci_method=CI_METHOD,
                    rubrics={r.id: summarise_rubric(r, judged, sources) for r in rubrics},
                    adherence=summarise_adherence(checked, adherence_threshold) if adherence_threshold is not None else None)

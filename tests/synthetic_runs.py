@@ -69,5 +69,5 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
                 else:
                     rows.append(ItemScore(**row, valid=True, expected=value, distribution=_distribution(value, levels)))
             store.append_scores(rows)
-    store.write_summary(summarise(directory.name, rubric_id, [rubric], store.transcripts(), store.scores()))
+    store.write_summary(summarise(directory.name, rubric_id, [rubric], store.sources(), store.scores()))
     return directory
