@@ -58,10 +58,18 @@ class ItemScore(_Record):
     judge: str
 
 
+class ReplicaRecord(_Record):
+    """One of several endpoints serving a role's model, and how it fared."""
+
+    endpoint: str
+    requests: int = Field(description="requests sent to it, including ones that failed")
+    failure: str | None = Field(None, description="why it was taken out of the run, if it was")
+
+
 class BackendRecord(_Record):
     """What is known about the model behind a backend (never a key)."""
 
-    kind: Literal["openai", "vllm-managed", "transformers"]
+    kind: Literal["openai", "vllm-managed", "vllm-offline", "transformers"]
     model: str
     endpoint: str | None = None
     api_key_env: str | None = None
@@ -69,6 +77,7 @@ class BackendRecord(_Record):
     model_hash: str | None = None
     server: str | None = None
     server_version: str | None = None
+    replicas: list[ReplicaRecord] | None = None
 
 
 class AdherenceCheck(_Record):

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from .backends.base import Backend, BackendInfo
 from .backends.openai_http import OpenAIBackend
+from .backends.replicas import ReplicaPool, console_warning
 from .backends.transformers_local import TransformersBackend
 from .backends.vllm_server import ManagedVLLMServer, tail
 from .errors import ConfigError, ModelNotFound
@@ -35,10 +36,23 @@ class RoleSpec:
     endpoint: str | None = None
     api_key_env: str | None = None
     backend: BackendKind = "auto"
+    more_endpoints: tuple[str, ...] = ()
+    """Further replicas serving the same model as `endpoint`."""
+
+    @classmethod
+    def of(cls, model: str | None, endpoints: list[str] | None, api_key_env: str | None = None,
+           backend: BackendKind = "auto") -> RoleSpec:
+        """From a repeatable --endpoint option."""
+        first, *more = endpoints or [None]
+        return cls(model, first, api_key_env, backend, tuple(more))  # type: ignore[arg-type]
 
     @property
     def given(self) -> bool:
         return self.model is not None or self.endpoint is not None
+
+    @property
+    def replicated(self) -> bool:
+        return bool(self.more_endpoints)
 
     def resolved_kind(self, flag: str) -> Literal["openai", "vllm-managed", "transformers"]:
         if self.backend == "transformers":
@@ -100,8 +114,11 @@ class Backends:
         if role.identity in self._by_identity:
             return self._by_identity[role.identity]
         spec = role.spec
-        if role.kind == "openai":
-            backend: Backend = await OpenAIBackend.connect(spec.endpoint, spec.model, api_key_env=spec.api_key_env)  # type: ignore[arg-type]
+        if role.kind == "openai" and spec.replicated:
+            backend: Backend = await ReplicaPool.connect([spec.endpoint, *spec.more_endpoints], spec.model,  # type: ignore[list-item]
+                                                         api_key_env=spec.api_key_env, warn=console_warning)
+        elif role.kind == "openai":
+            backend = await OpenAIBackend.connect(spec.endpoint, spec.model, api_key_env=spec.api_key_env)  # type: ignore[arg-type]
         elif role.kind == "transformers":
             name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
             info = BackendInfo(kind="transformers", model=name, model_path=str(role.model_path), model_hash=role.model_hash)
@@ -146,7 +163,7 @@ def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[str, Role], list[str
         flag = "" if name == "therapist" else f"{name}-"
         kind = spec.resolved_kind(flag)
         path = check_model_path(spec.model, flag) if spec.model and kind != "openai" else None
-        identity = f"{kind}:{path or spec.model}" if kind != "openai" else f"openai:{spec.endpoint}:{spec.model or ''}"
+        identity = f"{kind}:{path or spec.model}" if kind != "openai" else _endpoint_identity(spec, spec.model)
         roles[name] = Role(spec=spec, kind=kind, identity=identity, model_path=path, defaulted=defaulted)
     if roles["client"].defaulted:
         warnings.append("self-play: the simulated client is the model under test (give --client-model or --client-endpoint)")
@@ -166,7 +183,12 @@ def role_identity(role: Role, backend: Backend) -> str:
     """How runs and validation reports name a role's model: its content hash, or endpoint and served name."""
     if role.model_hash:
         return role.model_hash
-    return f"openai:{role.spec.endpoint}:{backend.info.model}" if role.kind == "openai" else role.identity
+    return _endpoint_identity(role.spec, backend.info.model) if role.kind == "openai" else role.identity
+
+
+def _endpoint_identity(spec: RoleSpec, model: str | None) -> str:
+    # Replicas are interchangeable, so a run may be resumed on a different set of them.
+    return f"openai:replicas:{model or ''}" if spec.replicated else f"openai:{spec.endpoint}:{model or ''}"
 
 
 @asynccontextmanager

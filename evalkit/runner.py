@@ -94,7 +94,7 @@ def default_run_dir(suite_id: str, model: str | None) -> Path:
     return Path("results") / f"{suite_id}-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint: str | None = None,
+async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint: str | list[str] | None = None,
                     api_key_env: str | None = None, backend: BackendKind = "auto",
                     client: RoleSpec | None = None, judge: RoleSpec | None = None,
                     sessions: int | None = None, turns: int | None = None, concurrency: int = 16,
@@ -107,7 +107,8 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
                     judge_validation: str | Path | None = None) -> RunResult:
     """Simulate the suite's sessions against `model`, judge them, and write results/<run-id>/.
 
-    `replay_client` re-uses a stored run's client turns while the therapist's replies match it;
+    `endpoint`: one URL, or several replicas serving the same model (sessions are spread across them and
+    survive the loss of all but one). `replay_client` re-uses a stored run's client turns while the therapist's replies match it;
     `scripted_client` takes every client turn from a file. Use this form inside a running event loop
     (a notebook); `run` is the same for plain scripts.
     Raises `EvalkitError` (one-line message) for bad input or a backend that fails; what finished is kept.
@@ -123,7 +124,8 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
     if loaded.suite.unit == "response":  # a single reply has no simulated client turn to check
         judge_settings = dataclasses.replace(judge_settings, adherence_threshold=None)
     turns = loaded.suite.turns if (turns is None or loaded.suite.unit == "response") else turns
-    specs = {"therapist": RoleSpec(model, endpoint, api_key_env, backend), "client": client or RoleSpec(),
+    endpoints = [endpoint] if isinstance(endpoint, str) else endpoint
+    specs = {"therapist": RoleSpec.of(model, endpoints, api_key_env, backend), "client": client or RoleSpec(),
              "judge": judge or RoleSpec()}
     if loaded.suite.unit == "response":
         specs["client"] = RoleSpec()  # single responses need no simulated client
@@ -177,18 +179,18 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
                                             concurrency, judge_concurrency, judge_settings, show_progress, directory.name)
     except BackendUnavailable as exc:
         if manifest:
-            _finish(store, manifest, "interrupted")
+            _finish(store, manifest, "interrupted", roles)
         why = backends.explain_failure() or str(exc)
-        done = len(store.transcripts())
+        done = len(store.sources())
         raise RunInterrupted(f"{why}. {done} of {len(cases)} sessions finished and are kept in {directory}; "
                              f"re-run the same command with --resume to continue") from None
     except BaseException:
         if manifest:
-            _finish(store, manifest, "interrupted")
+            _finish(store, manifest, "interrupted", roles)
         raise
     finally:
         await backends.close()
-    manifest = _finish(store, manifest, "complete")
+    manifest = _finish(store, manifest, "complete", roles)
     names = {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in loaded.rubrics}
     from .report import build_report
 
@@ -199,12 +201,15 @@ async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint
     return RunResult(directory=directory, manifest=manifest, summary=summary)
 
 
-def _finish(store: RunStore, manifest: Manifest, status: str) -> Manifest:
-    transcripts, scores = store.transcripts(), store.scores()
-    rows = [row for session_rows in scores.values() for row in session_rows]
-    manifest = manifest.model_copy(update={"status": status, "ended_at": datetime.now(timezone.utc), "counts": {
-        "sessions": len(transcripts), "sessions_judged": len(scores),
-        "item_scores": len(rows), "invalid_item_scores": sum(not r.valid for r in rows)}})
+def _finish(store: RunStore, manifest: Manifest, status: str, roles: dict[str, Role]) -> Manifest:
+    scores = store.score_values()
+    # Replica request counts and failures are known only now.
+    records = {name: record.model_copy(update={"replicas": roles[name].backend.info.replicas})  # type: ignore[union-attr]
+               if record.replicas else record for name, record in manifest.roles.items()}
+    manifest = manifest.model_copy(update={"status": status, "ended_at": datetime.now(timezone.utc), "roles": records, "counts": {
+        "sessions": len(store.sources()), "sessions_judged": len(scores),
+        "item_scores": sum(len(rows) for rows in scores.values()),
+        "invalid_item_scores": sum(not r.valid for rows in scores.values() for r in rows)}})
     store.write_manifest(manifest)
     return manifest
 
@@ -216,11 +221,13 @@ def run(*args, **kwargs) -> RunResult:
 
 async def _simulate_and_judge(loaded, roles, client_source, store, cases, turns, sampling, concurrency,
                               judge_concurrency, judge_settings, show_progress, run_id) -> Summary:
-    done = store.transcripts()
-    todo = [case for case in cases if case.session_id not in done]
+    # Transcripts are streamed from disk between stages and never all held at once: memory stays flat
+    # however many sessions a run has.
+    done = set(store.sources())
+    todo = (case for case in cases if case.session_id not in done)
     items_per_session = sum(len(r.items) for r in loaded.rubrics)
     with RunProgress(sessions=len(cases), judge_items=len(cases) * items_per_session, enabled=show_progress) as progress:
-        progress.skip_sessions(len(cases) - len(todo))
+        progress.skip_sessions(len(done))
         engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt,
                                turns=turns, therapist=roles["therapist"].backend, client=client_source,
                                therapist_sampling=sampling["therapist"], progress=progress)
@@ -231,32 +238,32 @@ async def _simulate_and_judge(loaded, roles, client_source, store, cases, turns,
 
         await run_bounded(todo, engine.run_case, concurrency=concurrency, on_result=keep)
 
-        transcripts = store.transcripts()
-        scored = store.scores()
-        unjudged = [t for sid, t in transcripts.items() if sid not in scored]
-        progress.start_judging(sum(len(rows) for rows in scored.values()))
+        scored = store.scored_sessions()
+        progress.start_judging(len(scored) * items_per_session)
         judge = Judge(roles["judge"].backend, judge_settings, concurrency=judge_concurrency)
 
         def record(transcript, rows):
             store.append_scores(rows)
             progress.items_judged(len(rows))
 
+        unjudged = (t for t in store.iter_transcripts() if t.session_id not in scored)
         await run_bounded(unjudged, lambda t: judge.score_transcript(t, loaded.rubrics),
                           concurrency=concurrency, on_result=record)
         threshold = judge_settings.adherence_threshold
         if threshold is not None:
             personas = {p.id: p for p in loaded.personas}
-            checked = store.adherence()
-            unchecked = [t for sid, t in transcripts.items() if sid not in checked]
-            progress.start_adherence(len(transcripts), already=len(transcripts) - len(unchecked))
+            checked = set(store.adherence())
+            sessions = len(store.sources())
+            progress.start_adherence(sessions, already=len(checked))
 
             def keep_adherence(transcript, row):
                 store.append_adherence(row)
                 progress.adherence_done()
 
+            unchecked = (t for t in store.iter_transcripts() if t.session_id not in checked)
             await run_bounded(unchecked, lambda t: check_session(judge.backend, personas[t.source_id], t, threshold),
                               concurrency=concurrency, on_result=keep_adherence)
-    summary = summarise(run_id, loaded.suite.id, loaded.rubrics, store.transcripts(), store.scores(),
+    summary = summarise(run_id, loaded.suite.id, loaded.rubrics, store.sources(), store.score_values(),
                         store.adherence(), judge_settings.adherence_threshold)
     store.write_summary(summary)
     return summary

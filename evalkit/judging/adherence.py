@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from ..backends.base import Backend, ContextLengthExceeded, RequestRejected
+from ..backends.replicas import routing_key
 from ..personas import Persona
 from ..records import AdherenceCheck, SessionAdherence, Transcript
 from .prompts import CLOSE, OPEN, render_transcript
@@ -59,7 +60,8 @@ async def check_session(backend: Backend, persona: Persona, transcript: Transcri
             return AdherenceCheck(turn=turn, check=check, p_pass=None, reason="no probability on 0 or 1")
         return AdherenceCheck(turn=turn, check=check, p_pass=dist.probs["1"])
 
-    checks = list(await asyncio.gather(*(one(t, c) for t in turns for c in CHECKS)))
+    with routing_key(transcript.session_id):
+        checks = list(await asyncio.gather(*(one(t, c) for t in turns for c in CHECKS)))
     valid = [c.p_pass for c in checks if c.p_pass is not None]
     rate = sum(valid) / len(valid) if valid else None
     return SessionAdherence(session_id=transcript.session_id, source_id=transcript.source_id, checks=checks, rate=rate,

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from ..backends.base import Backend, ContextLengthExceeded, RequestRejected
+from ..backends.replicas import routing_key
 from ..records import ItemScore, Transcript
 from ..rubrics import Item, Rubric
 from .prompts import judge_messages
@@ -60,4 +61,5 @@ class Judge:
 
     async def score_transcript(self, transcript: Transcript, rubrics: list[Rubric]) -> list[ItemScore]:
         jobs = [self.score_item(rubric, item, transcript) for rubric in rubrics for item in rubric.items]
-        return list(await asyncio.gather(*jobs))
+        with routing_key(transcript.session_id):  # one replica's prefix cache holds the shared transcript
+            return list(await asyncio.gather(*jobs))

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 
 from ..backends.base import Backend, Completion, ContextLengthExceeded
+from ..backends.replicas import routing_key
 from ..records import Transcript, Turn
 from ..suites import Case, SamplingParams
 from .client import therapist_messages
@@ -53,12 +54,13 @@ class SessionEngine:
 
     async def run_case(self, case: Case) -> Transcript:
         started = datetime.now(timezone.utc)
-        if case.persona is not None:
-            turns, stop = await self._session(case)
-            unit = "session"
-        else:
-            turns, stop = await self._single_response(case)
-            unit = "response"
+        with routing_key(case.session_id):  # a session's turns stay on one replica
+            if case.persona is not None:
+                turns, stop = await self._session(case)
+                unit = "session"
+            else:
+                turns, stop = await self._single_response(case)
+                unit = "response"
         return Transcript(session_id=case.session_id, suite=self.suite_id, unit=unit, source_id=case.source_id,
                           replicate=case.replicate, turns=turns, stop_reason=stop, started_at=started,
                           ended_at=datetime.now(timezone.utc))
@@ -104,20 +106,21 @@ async def run_bounded(items: Iterable, work: Callable[[object], Awaitable[object
                       on_result: Callable[[object, object], None]) -> None:
     """Run `work` on every item with at most `concurrency` in flight; `on_result` sees each as it finishes.
 
-    The first failure cancels the rest and is raised as itself (not as an exception group), after
-    every result that finished before it was handed to `on_result`.
+    `concurrency` workers pull from one iterator, so `items` may be a lazy stream of any length: memory
+    holds the items in flight, not the whole list. The first failure cancels the rest and is raised as
+    itself (not as an exception group), after every result that finished before it was handed to `on_result`.
     """
-    slots = asyncio.Semaphore(concurrency)
+    stream = iter(items)
 
-    async def one(item: object) -> None:
-        async with slots:
+    async def worker() -> None:
+        for item in stream:  # next() never awaits, so workers cannot interleave inside it
             result = await work(item)
-        on_result(item, result)
+            on_result(item, result)
 
     try:
         async with asyncio.TaskGroup() as group:
-            for item in items:
-                group.create_task(one(item))
+            for _ in range(concurrency):
+                group.create_task(worker())
     except BaseExceptionGroup as group_error:
         first = group_error.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
