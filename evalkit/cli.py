@@ -25,12 +25,13 @@ from .suites import available_suites, load_suite
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Clinical-fidelity evaluation of counselling language models.")
 
-Backend = Annotated[str, typer.Option(help="auto | openai | vllm | transformers", metavar="KIND")]
+BACKENDS = ("auto", "openai", "vllm", "vllm-offline", "transformers")
+Backend = Annotated[str, typer.Option(help=" | ".join(BACKENDS), metavar="KIND")]
 
 
 def _backend(value: str, flag: str) -> BackendKind:
-    if value not in ("auto", "openai", "vllm", "transformers"):
-        raise typer.BadParameter(f"'{value}' is not one of auto, openai, vllm, transformers", param_hint=flag)
+    if value not in BACKENDS:
+        raise typer.BadParameter(f"'{value}' is not one of {', '.join(BACKENDS)}", param_hint=flag)
     return value  # type: ignore[return-value]
 
 

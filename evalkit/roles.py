@@ -24,7 +24,8 @@ from .progress import console
 from .provenance import hash_model_dir
 
 ROLES = ("therapist", "client", "judge")
-BackendKind = Literal["auto", "openai", "vllm", "transformers"]
+BackendKind = Literal["auto", "openai", "vllm", "vllm-offline", "transformers"]
+RoleKind = Literal["openai", "vllm-managed", "vllm-offline", "transformers"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -54,11 +55,11 @@ class RoleSpec:
     def replicated(self) -> bool:
         return bool(self.more_endpoints)
 
-    def resolved_kind(self, flag: str) -> Literal["openai", "vllm-managed", "transformers"]:
-        if self.backend == "transformers":
+    def resolved_kind(self, flag: str) -> RoleKind:
+        if self.backend in ("transformers", "vllm-offline"):
             if self.endpoint:
-                raise ConfigError(f"--{flag}backend transformers runs the model in-process; drop --{flag}endpoint")
-            return "transformers"
+                raise ConfigError(f"--{flag}backend {self.backend} runs the model in-process; drop --{flag}endpoint")
+            return self.backend  # type: ignore[return-value]
         if self.endpoint or self.backend == "openai":
             if not self.endpoint:
                 raise ConfigError(f"--{flag}backend openai needs --{flag}endpoint")
@@ -69,7 +70,7 @@ class RoleSpec:
 @dataclass
 class Role:
     spec: RoleSpec
-    kind: Literal["openai", "vllm-managed", "transformers"]
+    kind: RoleKind
     identity: str
     model_path: Path | None = None
     model_hash: str | None = None
@@ -124,6 +125,15 @@ class Backends:
             info = BackendInfo(kind="transformers", model=name, model_path=str(role.model_path), model_hash=role.model_hash)
             backend = TransformersBackend(str(role.model_path or spec.model), served_name=name,
                                           trust_remote_code=self.trust_remote_code, info=info)
+        elif role.kind == "vllm-offline":
+            from .backends.vllm_offline import OfflineVLLMBackend
+
+            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
+            info = BackendInfo(kind="vllm-offline", model=name, model_path=str(role.model_path or spec.model),
+                               model_hash=role.model_hash)
+            console.print(f"loading [bold]{escape(name)}[/bold] into vLLM in-process")
+            backend = OfflineVLLMBackend(str(role.model_path or spec.model), info=info, vllm_args=self.vllm_args,
+                                         max_model_len=self.max_model_len, trust_remote_code=self.trust_remote_code)
         else:
             name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
             server = ManagedVLLMServer(str(role.model_path or spec.model), served_name=name,

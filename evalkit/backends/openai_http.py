@@ -27,7 +27,7 @@ from .base import (
     RequestRejected,
 )
 
-_CONTEXT_MARKERS = ("maximum context length", "max_model_len", "maximum model length", "context_length_exceeded", "too long")
+CONTEXT_MARKERS = ("maximum context length", "max_model_len", "maximum model length", "context_length_exceeded", "too long")
 TOP_LOGPROBS = 20  # the OpenAI API's maximum, and vLLM's default --max-logprobs
 
 
@@ -126,7 +126,7 @@ class OpenAIBackend:
             raise BackendError(f"endpoint {self.info.endpoint} refused the API key (HTTP {response.status_code})")
         if response.status_code >= 400:
             message = response.text[:500]
-            if any(marker in message.lower() for marker in _CONTEXT_MARKERS):
+            if any(marker in message.lower() for marker in CONTEXT_MARKERS):
                 raise ContextLengthExceeded(message)
             raise RequestRejected(f"HTTP {response.status_code}: {message}")
         try:
