@@ -59,7 +59,7 @@ def _config(loaded: LoadedSuite, roles: dict[str, Role], turns: int, sampling: d
         sampling=sampling if suite.unit == "session" else {"therapist": sampling["therapist"]},
         therapist_system_prompt_sha256=hashlib.sha256(suite.therapist_system_prompt.encode()).hexdigest(),
         roles={name: role.model_hash or role.identity for name, role in roles.items()},
-        judge_method=f"{JUDGE_METHOD};min_mass={settings.min_mass}",
+        judge_method=f"{JUDGE_METHOD};min_mass={settings.min_mass}" + (f";layout={settings.layout}" if settings.layout != "transcript-first" else ""),
         adherence_threshold=settings.adherence_threshold,
     )
 

@@ -77,6 +77,7 @@ class OfflineVLLMBackend:
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
         sampling = self._defaults.clone()
         sampling.temperature, sampling.top_p, sampling.max_tokens = params.temperature, params.top_p, params.max_tokens
+        sampling.ignore_eos = params.ignore_eos
         output, started = await self._submit(messages, sampling)
         out = output.outputs[0]
         return Completion(text=out.text, finish_reason=out.finish_reason, prompt_tokens=len(output.prompt_token_ids or []),

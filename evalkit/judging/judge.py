@@ -14,7 +14,7 @@ from ..backends.base import Backend, ContextLengthExceeded, RequestRejected
 from ..backends.replicas import routing_key
 from ..records import ItemScore, Transcript
 from ..rubrics import Item, Rubric
-from .prompts import judge_messages
+from .prompts import Layout, judge_messages
 
 METHOD = "score-token-probabilities/v1"
 
@@ -25,6 +25,8 @@ class JudgeSettings:
     """Unconstrained judges (plain top logprobs) must put at least this much probability on score tokens."""
     adherence_threshold: float | None = 0.8
     """Sessions whose simulated client passes fewer of its persona checks are flagged; None: no checks."""
+    layout: Layout = "transcript-first"
+    """Where the item goes in the prompt; transcript-first lets the prefix cache serve all of a transcript's items."""
 
 
 class Judge:
@@ -45,7 +47,7 @@ class Judge:
         levels = [str(level) for level in rubric.scale_of(item).levels]
         try:
             async with self._slots:
-                dist = await self.backend.choice_distribution(judge_messages(rubric, item, transcript), levels)
+                dist = await self.backend.choice_distribution(judge_messages(rubric, item, transcript, self.settings.layout), levels)
         except ContextLengthExceeded:
             return ItemScore(**row, valid=False, reason="the judge prompt is longer than the judge's context window")
         except RequestRejected as exc:

@@ -1,9 +1,11 @@
 """Judge prompts. Layout: rubric instructions (system), then the transcript, then the item last,
-so every item of one transcript shares a long common prefix that vLLM's prefix cache serves."""
+so every item of one transcript shares a long common prefix that vLLM's prefix cache serves.
+The item-first layout exists to measure what that buys (benchmarks/performance.py)."""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from ..records import Transcript
 from ..rubrics import Item, Rubric
@@ -47,8 +49,12 @@ def item_block(rubric: Rubric, item: Item) -> str:
             f"How would you rate the therapist on this item? Answer with one digit from {lo} to {hi}.")
 
 
-def judge_messages(rubric: Rubric, item: Item, transcript: Transcript) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": system_prompt(rubric)},
-        {"role": "user", "content": f"{render_transcript(transcript)}\n\n{item_block(rubric, item)}"},
-    ]
+Layout = Literal["transcript-first", "item-first"]
+
+
+def judge_messages(rubric: Rubric, item: Item, transcript: Transcript,
+                   layout: Layout = "transcript-first") -> list[dict[str, str]]:
+    parts = [render_transcript(transcript), item_block(rubric, item)]
+    if layout == "item-first":
+        parts.reverse()
+    return [{"role": "system", "content": system_prompt(rubric)}, {"role": "user", "content": "\n\n".join(parts)}]

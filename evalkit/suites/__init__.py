@@ -27,6 +27,11 @@ class SamplingParams(BaseModel):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
+    ignore_eos: bool = Field(False, description="vLLM only: always generate max_tokens (for benchmarks)")
+
+    def request_fields(self) -> dict:
+        """The fields for an OpenAI-compatible request; vLLM's extension only when asked for."""
+        return self.model_dump(exclude=set() if self.ignore_eos else {"ignore_eos"})
 
 
 class SuiteSampling(BaseModel):
