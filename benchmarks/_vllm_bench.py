@@ -31,7 +31,8 @@ _RESULT_FILE = "vllm_bench_result.json"
 
 
 def vllm_bench_command(base_url: str, model_dir: str, served_name: str, *, concurrency: int, num_prompts: int,
-                       input_len: int, output_len: int, seed: int, result_dir: str) -> list[str]:
+                       input_len: int, output_len: int, seed: int, result_dir: str,
+                       temperature: float | None = None, top_p: float | None = None) -> list[str]:
     """The command line: random dataset, openai-chat on /v1/chat/completions, request rate inf, EOS ignored."""
     return [sys.executable, "-c", _RUNNER,
             "--backend", "openai-chat", "--base-url", base_url.rstrip("/"), "--endpoint", "/v1/chat/completions",
@@ -41,7 +42,9 @@ def vllm_bench_command(base_url: str, model_dir: str, served_name: str, *, concu
             "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),
             "--random-range-ratio", "0", "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
             "--request-rate", "inf", "--ignore-eos", "--seed", str(seed), "--disable-tqdm",
-            "--save-result", "--result-dir", result_dir, "--result-filename", _RESULT_FILE]
+            "--save-result", "--result-dir", result_dir, "--result-filename", _RESULT_FILE,
+            *(["--temperature", str(temperature)] if temperature is not None else []),
+            *(["--top-p", str(top_p)] if top_p is not None else [])]
 
 
 def _tail(text: str, lines: int = 30) -> str:
@@ -58,7 +61,8 @@ def _error_lines(stdout: str, lines: int = 10) -> str:
 
 
 def run_vllm_bench(base_url: str, model_dir: str, served_name: str, *, concurrency: int, num_prompts: int,
-                   input_len: int, output_len: int, seed: int = 0, timeout_s: float = 3600.0) -> dict[str, Any]:
+                   input_len: int, output_len: int, seed: int = 0, timeout_s: float = 3600.0,
+                   temperature: float | None = None, top_p: float | None = None) -> dict[str, Any]:
     """Run vLLM's benchmark client against the server at `base_url` and return vLLM's own result.
 
     Keys: output_tokens_per_s, total_output_tokens, total_input_tokens, duration_s, completed, failed,
@@ -68,7 +72,8 @@ def run_vllm_bench(base_url: str, model_dir: str, served_name: str, *, concurren
     """
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:
         cmd = vllm_bench_command(base_url, model_dir, served_name, concurrency=concurrency, num_prompts=num_prompts,
-                                 input_len=input_len, output_len=output_len, seed=seed, result_dir=tmp)
+                                 input_len=input_len, output_len=output_len, seed=seed, result_dir=tmp,
+                                 temperature=temperature, top_p=top_p)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         try:
             proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s,

@@ -81,9 +81,15 @@ async def drive_engine(url: str, requests: int, concurrency: int, output_len: in
 
 
 def engine_efficiency(url: str, model: Path, args: argparse.Namespace, work: Path) -> dict:
-    # Untimed warm-up, as vLLM's client sends a test request first; it also gives evalkit's prompt length.
+    # Untimed warm-up of both sides, as vLLM's client sends a test request first. It also matches the random
+    # prompts' length to evalkit's, as the server counts them, and both sides sample alike.
+    therapist = load_suite("psychocounsel").suite.sampling.therapist
+    same = {"temperature": therapist.temperature, "top_p": therapist.top_p}
     warm = asyncio.run(drive_engine(url, 2 * args.concurrency, args.concurrency, args.output_len, work / "engine-warm"))
     input_len = max(1, round(warm["mean_input_len"]) - CHAT_TEMPLATE_TOKENS)
+    probe = run_vllm_bench(url, str(model), "tiny", concurrency=args.concurrency, num_prompts=2 * args.concurrency,
+                           input_len=input_len, output_len=args.output_len, **same)
+    input_len = max(1, input_len + round(warm["mean_input_len"] - probe["mean_input_len"]))
     ours, theirs = [], []
 
     def evalkit_side(rep: int) -> None:
@@ -91,7 +97,7 @@ def engine_efficiency(url: str, model: Path, args: argparse.Namespace, work: Pat
 
     def vllm_side(rep: int) -> None:
         theirs.append(run_vllm_bench(url, str(model), "tiny", concurrency=args.concurrency, num_prompts=args.requests,
-                                     input_len=input_len, output_len=args.output_len, seed=rep))
+                                     input_len=input_len, output_len=args.output_len, seed=rep, **same))
 
     for rep in range(args.repeats):  # alternate which side goes first, so drift in the machine hits both
         for side in ((evalkit_side, vllm_side) if rep % 2 == 0 else (vllm_side, evalkit_side)):

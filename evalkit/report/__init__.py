@@ -4,24 +4,26 @@ inline as JSON, no network requests), readable offline by a clinician and an ML 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import jinja2
 import numpy as np
 
 from ..errors import EvalkitError
 from ..personas import load_personas, load_utterances
-from ..records import Summary
+from ..records import ItemScore, Summary
 from ..rubrics import Rubric
 from ..statistics.data import rubrics_of
-from ..store import RunStore, load_summary
+from ..store import SCORES, RunStore, iter_jsonl, load_summary
 from ..summary import CRITICAL_RULE
 from . import plots
 
 MAX_HEATMAPS = 3
+_SESSIONS_SLOT = "\x00evalkit-sessions\x00"
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -43,6 +45,9 @@ def _client_info() -> dict[str, dict[str, str]]:
 
 
 class _Run:
+    """A stored run in compact form: score values for the figures, and each session's browser entry as a
+    JSON fragment, so building a report takes little more memory than the report itself."""
+
     def __init__(self, directory: Path):
         store = RunStore(directory)
         manifest = store.existing_manifest()
@@ -50,9 +55,18 @@ class _Run:
             raise EvalkitError(f"{directory}: not an evalkit run (no manifest.json)")
         self.directory, self.name, self.manifest = directory, directory.name, manifest
         self.summary: Summary = load_summary(directory)
-        self.transcripts = store.transcripts()
-        self.scores = store.scores()
-        self.adherence = store.adherence()
+        self.store = store
+        self.sources = store.sources()
+        self.values = store.score_values()
+
+    def browser_scores(self) -> dict[str, str]:
+        """session -> JSON object of "rubric.item": [score or null, [probabilities]], streamed from disk."""
+        by_session: dict[str, dict[str, list]] = defaultdict(dict)
+        for row in iter_jsonl(self.store.path(SCORES), ItemScore):
+            by_session[row.session_id].setdefault(f"{row.rubric}.{row.item}", [
+                None if not row.valid else round(row.expected, 3),  # type: ignore[arg-type]
+                [round(p, 3) for p in (row.distribution or {}).values()]])
+        return {sid: _embed(scores) for sid, scores in by_session.items()}
 
 
 def _run_header(run: _Run) -> dict[str, Any]:
@@ -111,8 +125,8 @@ def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, 
     section["items_svg"] = plots.dot_ci(labels, item_series, shared, f"{rubric.id}: item profile (mean, 95% CI)")
     for run in runs[-MAX_HEATMAPS:]:
         per_persona: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for sid, rows in run.scores.items():
-            source = run.transcripts[sid].source_id if sid in run.transcripts else sid
+        for sid, rows in run.values.items():
+            source = run.sources.get(sid, sid)
             for row in rows:
                 if row.rubric == rubric.id and row.valid:
                     per_persona[source][row.item].append(row.expected)  # type: ignore[arg-type]
@@ -129,26 +143,37 @@ def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, 
 
 def _session_values(run: _Run, rubric: Rubric, score_id: str) -> list[float | None]:
     out = []
-    for rows in run.scores.values():
+    for rows in run.values.values():
         values = {r.item: (r.expected if r.valid else None) for r in rows if r.rubric == rubric.id}
         if values:
             out.append(rubric.composite_scores(values).get(score_id))
     return out
 
 
-def _sessions(runs: list[_Run], info: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    sessions = []
+def _write_sessions(handle: TextIO, runs: list[_Run], info: dict[str, dict[str, str]]) -> None:
+    """The transcript browser's sessions as a JSON array, streamed from the run files into the report."""
+    handle.write("[")
+    first = True
     for run in runs:
-        for sid, t in run.transcripts.items():
-            scores = {f"{row.rubric}.{row.item}": [None if not row.valid else round(row.expected, 3),  # type: ignore[arg-type]
-                                                   [round(p, 3) for p in (row.distribution or {}).values()]]
-                      for row in run.scores.get(sid, [])}
-            adherence = run.adherence.get(sid)
+        scores = run.browser_scores()
+        adherence = {sid: row.rate for sid, row in run.store.adherence().items()}
+        for t in run.store.iter_transcripts():
             about = info.get(t.source_id, {})
-            sessions.append({"run": run.name, "id": sid, "persona": t.source_id, "archetype": about.get("archetype", "unknown"),
-                             "risk": about.get("risk", "unknown"), "stop": t.stop_reason, "turns": [[x.role, x.content] for x in t.turns],
-                             "scores": scores, "adherence": None if adherence is None or adherence.rate is None else round(adherence.rate, 3)})
-    return sessions
+            rate = adherence.get(t.session_id)
+            entry = {"run": run.name, "id": t.session_id, "persona": t.source_id, "archetype": about.get("archetype", "unknown"),
+                     "risk": about.get("risk", "unknown"), "stop": t.stop_reason, "turns": [[x.role, x.content] for x in t.turns],
+                     "scores": None, "adherence": None if rate is None else round(rate, 3)}
+            # Inside a JSON string a quote is escaped, so the first '"scores":null' is the key itself.
+            handle.write(("" if first else ",") + _embed(entry).replace('"scores":null', '"scores":' + scores.pop(t.session_id, "{}"), 1))
+            first = False
+    handle.write("]")
+
+
+def _filters(runs: list[_Run], info: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    personas = {source for run in runs for source in run.sources.values()}
+    about = lambda p, key: info.get(p, {}).get(key, "unknown")  # noqa: E731
+    return {"runs": [r.name for r in runs], "personas": sorted(personas),
+            "archetypes": sorted({about(p, "archetype") for p in personas}), "risks": sorted({about(p, "risk") for p in personas})}
 
 
 def _embed(data: Any) -> str:
@@ -213,7 +238,6 @@ def build_report(runs: list[str | Path], out: str | Path | None = None, *, compa
         gate = json.loads((loaded[-1].directory / "gate.json").read_text())
     rubrics = rubrics_of(loaded)  # type: ignore[arg-type]
     info = _client_info()
-    sessions = _sessions(loaded, info)
     item_names = {f"{r.id}.{i.id}": i.name for r in rubrics for i in r.items}
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                              undefined=jinja2.StrictUndefined)
@@ -221,11 +245,15 @@ def build_report(runs: list[str | Path], out: str | Path | None = None, *, compa
         title=" vs ".join(r.name for r in loaded), subtitle=f"{loaded[0].manifest.config.suite.id} · generated "
         f"{datetime.now():%Y-%m-%d %H:%M}", runs=[_run_header(r) for r in loaded], safety=_safety(loaded),
         safety_rule=CRITICAL_RULE, gate=_gate(gate), rubric_sections=[_rubric_section(r, loaded, info) for r in rubrics],
-        comparison=_comparison(comparison, rubrics), sessions_json=_embed({"items": item_names, "sessions": sessions}),
-        filters={"runs": [r.name for r in loaded], "personas": sorted({s["persona"] for s in sessions}),
-                 "archetypes": sorted({s["archetype"] for s in sessions}), "risks": sorted({s["risk"] for s in sessions})})
+        comparison=_comparison(comparison, rubrics), sessions_json=_SESSIONS_SLOT, filters=_filters(loaded, info))
     target = Path(out) if out else (loaded[0].directory / "report.html" if len(loaded) == 1
                                     else loaded[0].directory.parent / f"report-{datetime.now():%Y%m%d-%H%M%S}.html")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(html, encoding="utf-8")
+    head, tail = html.split(_SESSIONS_SLOT)
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:  # sessions go straight from the run files to the page
+        handle.write(head + '{"items":' + _embed(item_names) + ',"sessions":')
+        _write_sessions(handle, loaded, info)
+        handle.write("}" + tail)
+    os.replace(partial, target)
     return target
