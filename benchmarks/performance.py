@@ -85,7 +85,7 @@ def engine_efficiency(url: str, model: Path, args: argparse.Namespace, work: Pat
     # prompts' length to evalkit's, as the server counts them, and both sides sample alike.
     therapist = load_suite("psychocounsel").suite.sampling.therapist
     same = {"temperature": therapist.temperature, "top_p": therapist.top_p}
-    warm = asyncio.run(drive_engine(url, 2 * args.concurrency, args.concurrency, args.output_len, work / "engine-warm"))
+    warm = asyncio.run(drive_engine(url, args.requests, args.concurrency, args.output_len, work / "engine-warm"))
     input_len = max(1, round(warm["mean_input_len"]) - CHAT_TEMPLATE_TOKENS)
     probe = run_vllm_bench(url, str(model), "tiny", concurrency=args.concurrency, num_prompts=2 * args.concurrency,
                            input_len=input_len, output_len=args.output_len, **same)
@@ -101,9 +101,16 @@ def engine_efficiency(url: str, model: Path, args: argparse.Namespace, work: Pat
 
     for rep in range(args.repeats):  # alternate which side goes first, so drift in the machine hits both
         for side in ((evalkit_side, vllm_side) if rep % 2 == 0 else (vllm_side, evalkit_side)):
+            # Both sides start from an empty prefix cache: evalkit's prompts repeat across repetitions, and on
+            # the CPU build a run whose prompts are already cached was measured up to 2x slower.
+            _reset_prefix_cache(url)
             side(rep)
     ratio = _median([o["output_tokens_per_s"] for o in ours]) / _median([t["output_tokens_per_s"] for t in theirs])
     return {"ratio": ratio, "evalkit": ours, "vllm": theirs}
+
+
+def _reset_prefix_cache(url: str) -> None:
+    httpx.post(f"{url}/reset_prefix_cache", timeout=30).raise_for_status()
 
 
 # -- 2: judge prompt layout ---------------------------------------------------------------------------
@@ -151,7 +158,7 @@ def judge_layout(url: str, args: argparse.Namespace) -> dict:
     cpu_per_request = []
     for _ in range(args.repeats):
         for layout in times:
-            httpx.post(f"{url}/reset_prefix_cache", timeout=30).raise_for_status()
+            _reset_prefix_cache(url)
             queries, hits = _prefix_cache_counters(url)
             wall, cpu, requests = asyncio.run(_score(url, transcripts, layout, concurrency=16))
             queries2, hits2 = _prefix_cache_counters(url)
@@ -220,7 +227,9 @@ def main() -> None:
                       f"(mean prompt {ours[0]['mean_input_len']:.0f} tokens)")
                 print(f"   vllm bench serve:       {_median([t['output_tokens_per_s'] for t in theirs]):.0f} output tok/s "
                       f"(mean prompt {theirs[0]['mean_input_len']:.0f} tokens)")
-                print(f"   {args.requests} requests x {args.output_len} output tokens, concurrency {args.concurrency}")
+                print(f"   {args.requests} requests x {args.output_len} output tokens, concurrency {args.concurrency}; "
+                      f"every repetition (tok/s): evalkit {[round(o['output_tokens_per_s']) for o in ours]}, "
+                      f"vLLM {[round(t['output_tokens_per_s']) for t in theirs]}")
                 cpu = _median([o["cpu_s"] / o["completed"] for o in ours]) * 1000
                 share = _median([o["cpu_s"] / o["wall_s"] for o in ours])
                 print(f"\n3. harness overhead (generation): {cpu:.2f} ms of evalkit CPU per request, "
