@@ -120,32 +120,31 @@ class Backends:
                                                          api_key_env=spec.api_key_env, warn=console_warning)
         elif role.kind == "openai":
             backend = await OpenAIBackend.connect(spec.endpoint, spec.model, api_key_env=spec.api_key_env)  # type: ignore[arg-type]
-        elif role.kind == "transformers":
-            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
-            info = BackendInfo(kind="transformers", model=name, model_path=str(role.model_path), model_hash=role.model_hash)
-            backend = TransformersBackend(str(role.model_path or spec.model), served_name=name,
-                                          trust_remote_code=self.trust_remote_code, info=info)
-        elif role.kind == "vllm-offline":
+        else:
+            backend = await self._local(role)
+        self._by_identity[role.identity] = backend
+        return backend
+
+    async def _local(self, role: Role) -> Backend:
+        """A model on this machine: in-process (transformers, vLLM) or a managed vLLM server."""
+        source = str(role.model_path or role.spec.model)
+        name = _served_name(role.model_path, role.spec.model)  # type: ignore[arg-type]
+        info = BackendInfo(kind=role.kind, model=name, model_path=source, model_hash=role.model_hash)
+        if role.kind == "transformers":
+            return TransformersBackend(source, served_name=name, trust_remote_code=self.trust_remote_code, info=info)
+        if role.kind == "vllm-offline":
             from .backends.vllm_offline import OfflineVLLMBackend
 
-            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
-            info = BackendInfo(kind="vllm-offline", model=name, model_path=str(role.model_path or spec.model),
-                               model_hash=role.model_hash)
             console.print(f"loading [bold]{escape(name)}[/bold] into vLLM in-process")
-            backend = OfflineVLLMBackend(str(role.model_path or spec.model), info=info, vllm_args=self.vllm_args,
-                                         max_model_len=self.max_model_len, trust_remote_code=self.trust_remote_code)
-        else:
-            name = _served_name(role.model_path, spec.model)  # type: ignore[arg-type]
-            server = ManagedVLLMServer(str(role.model_path or spec.model), served_name=name,
-                                       log_path=self.run_dir / f"vllm-{name}.log", max_model_len=self.max_model_len,
-                                       extra_args=self.vllm_args)
-            console.print(f"starting vLLM {server.version or ''} for [bold]{escape(name)}[/bold] "
-                          f"(log: {server.log_path})")
-            server.start()  # blocks the loop on purpose: nothing else runs yet, and it must be the main thread
-            self.servers[role.identity] = server
-            backend = await OpenAIBackend.connect(server.url, name, kind="vllm-managed")
-            backend.info.model_path, backend.info.model_hash = str(role.model_path or spec.model), role.model_hash
-        self._by_identity[role.identity] = backend
+            return OfflineVLLMBackend(source, info=info, vllm_args=self.vllm_args, max_model_len=self.max_model_len,
+                                      trust_remote_code=self.trust_remote_code)
+        server = ManagedVLLMServer(source, served_name=name, log_path=self.run_dir / f"vllm-{name}.log",
+                                   max_model_len=self.max_model_len, extra_args=self.vllm_args)
+        console.print(f"starting vLLM {server.version or ''} for [bold]{escape(name)}[/bold] (log: {server.log_path})")
+        server.start()  # blocks the loop on purpose: nothing else runs yet, and it must be the main thread
+        self.servers[role.identity] = server
+        backend = await OpenAIBackend.connect(server.url, name, kind="vllm-managed")
+        backend.info.model_path, backend.info.model_hash = source, role.model_hash
         return backend
 
     def explain_failure(self) -> str:

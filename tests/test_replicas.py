@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from evalkit.backends.base import BackendInfo, BackendUnavailable, Completion
+from evalkit.backends.base import BackendInfo, BackendUnavailable, ChoiceDistribution, Completion
 from evalkit.backends.replicas import ReplicaPool, routing_key
 from evalkit.suites import SamplingParams
 
@@ -36,8 +36,10 @@ class FakeReplica:
         self.seen.append(messages[0]["content"])
         return Completion(text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_s=self.delay)
 
-    async def choice_distribution(self, messages, choices):  # pragma: no cover - not used here
-        raise NotImplementedError
+    async def choice_distribution(self, messages, choices):
+        await asyncio.sleep(self.delay)
+        self.seen.append(messages[0]["content"])
+        return ChoiceDistribution(probs={c: 1 / len(choices) for c in choices}, mass=None, constrained=True)
 
     async def aclose(self):
         pass
@@ -61,6 +63,13 @@ def test_sessions_spread_by_outstanding_requests_and_stay_on_their_replica():
     assert len(a.seen) == len(b.seen) == 12  # 4 sessions x 3 turns each
     assert not set(a.seen) & set(b.seen)  # no session moved
     assert [r.requests for r in pool.records()] == [12, 12]
+
+    async def judge(name: str) -> None:  # a judge's item prompts follow the session's pin too
+        with routing_key(name):
+            await pool.choice_distribution([{"role": "user", "content": name}], ["0", "1"])
+
+    asyncio.run(judge("s0"))
+    assert ("s0" in a.seen) != ("s0" in b.seen) and a.seen.count("s0") + b.seen.count("s0") == 4
 
 
 def test_a_failed_replica_is_taken_out_and_its_sessions_continue_elsewhere():
