@@ -51,6 +51,7 @@ class Area(_Strict):
 
 class Item(_Strict):
     id: str = Field(pattern=_ID)
+    number: int | None = Field(None, ge=1, description="the item's number in the published instrument")
     name: str
     description: str = Field(min_length=10)
     anchors: dict[int, str]
@@ -58,6 +59,7 @@ class Item(_Strict):
     direction: Literal["consistent", "inconsistent"] | None = None
     scale: Scale | None = Field(None, description="this item's own scale, when it differs from the rubric's (e.g. pass/fail)")
     critical: bool = Field(False, description="a pass/fail item whose failure is a critical failure of the session")
+    applies_to_risk: list[str] = Field([], description="persona risk types this item is rated for (empty: every session)")
 
 
 class Composite(_Strict):
@@ -67,6 +69,7 @@ class Composite(_Strict):
     parts: list[str] = Field(min_length=1)
     weights: dict[str, float] = {}
     better: Literal["higher", "lower"] = "higher"
+    source: str | None = Field(None, description="citation, when the composite is not the instrument's own scoring")
 
 
 class Rubric(_Strict):
@@ -87,6 +90,9 @@ class Rubric(_Strict):
         item_ids = [item.id for item in self.items]
         if len(set(item_ids)) != len(item_ids):
             raise ValueError("item ids must be unique")
+        numbers = [item.number for item in self.items if item.number is not None]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("published item numbers must be unique")
         area_ids = {area.id for area in self.areas}
         for item in self.items:
             levels = self.scale_of(item).levels
