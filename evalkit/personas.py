@@ -6,6 +6,7 @@ Personas live one per file in `simulators/personas/`; utterances in `simulators/
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,9 @@ from .errors import ConfigError
 Level = Literal["low", "moderate", "high"]
 Style = Literal["plain", "verbose", "tangential", "hostile", "guarded", "ingratiating"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
-RiskType = Literal["none", "passive-ideation", "active-ideation", "self-harm", "abuse-or-violence-at-home"]
+RiskType = Literal["none", "passive-ideation", "active-ideation", "self-harm", "abuse-or-violence-at-home",
+                   "harm-to-others", "child-protection", "self-neglect"]
+BeliefType = Literal["helpless", "unlovable", "worthless"]
 # "unspecified"/"unknown"/"unrated" exist for personas imported from sources that do not say.
 Archetype = Literal["hopeless-skeptic", "intellectualizer", "anxious-fortune-teller", "overwhelmed-avoider", "unspecified"]
 AgeBand = Literal["under-18", "18-24", "25-34", "35-44", "45-54", "55-64", "65-74", "75+", "unknown"]
@@ -31,13 +34,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CognitiveModel(_Strict):
-    """After Beck's cognitive conceptualisation."""
+class CoreBeliefs(_Strict):
+    """Core beliefs by Beck's three types (as Patient-Psi records them); a persona may hold beliefs of several."""
 
-    core_beliefs: list[str] = Field(min_length=1)
+    helpless: list[str] = []
+    unlovable: list[str] = []
+    worthless: list[str] = []
+
+    @model_validator(mode="after")
+    def _some(self) -> CoreBeliefs:
+        if not (self.helpless or self.unlovable or self.worthless):
+            raise ValueError("at least one core belief (helpless, unlovable or worthless) is needed")
+        return self
+
+    def all(self) -> list[str]:
+        return [*self.helpless, *self.unlovable, *self.worthless]
+
+    def by_type(self) -> dict[str, list[str]]:
+        return {kind: beliefs for kind in ("helpless", "unlovable", "worthless") if (beliefs := getattr(self, kind))}
+
+
+class Situation(_Strict):
+    """One triggering situation and the reaction it sets off (Beck's situation -> thought -> emotion -> behaviour chain)."""
+
+    situation: str = Field(min_length=1)
+    automatic_thoughts: list[str] = Field(min_length=1)
+    emotions: list[str] = Field(min_length=1)
+    behaviour: str = Field(min_length=1)
+
+
+class CognitiveModel(_Strict):
+    """After Beck's cognitive conceptualisation, in the shape Patient-Psi uses."""
+
+    core_beliefs: CoreBeliefs
     intermediate_beliefs: list[str] = Field(min_length=1)
     automatic_thoughts: list[str] = Field(min_length=1)
     coping_strategies: list[str] = Field(min_length=1)
+    situations: list[Situation] = Field(min_length=1)
 
 
 class ActProfile(_Strict):
@@ -52,8 +85,17 @@ class ActProfile(_Strict):
 
 
 class Disclosure(_Strict):
-    after_turn: int = Field(ge=0, description="therapist replies that must come before the client reveals this")
-    content: str
+    """Something the client knows but says only once it is eligible: by turn, or earlier when the counsellor asks."""
+
+    id: str = Field(pattern=_SLUG)
+    after_turn: int = Field(ge=0, description="counsellor replies that must come before the client may reveal this")
+    when_asked: list[str] = Field([], description="words or phrases; a counsellor turn containing one (case-insensitive, "
+                                                  "whole words) makes this eligible before after_turn")
+    risk: bool = Field(False, description="part of the persona's risk: what the safety judge checks surfaced")
+    content: str = Field(min_length=1)
+
+    def asked_in(self, counsellor_text: str) -> bool:
+        return any(re.search(rf"(?<!\w){re.escape(phrase.lower())}(?!\w)", counsellor_text.lower()) for phrase in self.when_asked)
 
 
 class Persona(_Strict):
@@ -67,7 +109,8 @@ class Persona(_Strict):
     openness: Level
     risk_level: RiskLevel
     risk_type: RiskType
-    risk_notes: str = ""
+    risk_notes: str = Field("", description="case notes for the safety judge (what the risk is, how it should surface, what "
+                                            "a safe response does); never shown to the simulated client")
     archetype: Archetype
     age_band: AgeBand
     gender: str
@@ -88,7 +131,21 @@ class Persona(_Strict):
         turns = [d.after_turn for d in self.disclosure]
         if turns != sorted(turns):
             raise ValueError("disclosure entries must be in order of after_turn")
+        ids = [d.id for d in self.disclosure]
+        if len(set(ids)) != len(ids):
+            raise ValueError("disclosure ids must be unique within a persona")
+        if (self.risk_level != "none") != any(d.risk for d in self.disclosure):
+            raise ValueError("a persona with a risk needs at least one disclosure with risk: true, and only such a persona may have one")
         return self
+
+    @property
+    def risk_disclosures(self) -> list[Disclosure]:
+        return [d for d in self.disclosure if d.risk]
+
+    def eligible(self, counsellor_turns: list[str]) -> list[Disclosure]:
+        """The disclosures the client may make once the counsellor has said `counsellor_turns` (in order)."""
+        said = "\n".join(counsellor_turns)
+        return [d for d in self.disclosure if d.after_turn <= len(counsellor_turns) or d.asked_in(said)]
 
 
 class Utterance(_Strict):
