@@ -1,16 +1,25 @@
-"""Stored runs as one long table: condition x session x metric -> value."""
+"""Stored runs as one long table: condition x session x metric -> value.
+
+Runs are read through `RunDir`, with the rubrics and personas each run carries in inputs/, so statistics on
+a stored run never depend on what is installed now. Sessions whose simulated client fell below the adherence
+threshold are left out unless asked for, and safety metrics count only sessions in which the persona's risk
+surfaced (elsewhere a safety rating says nothing).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import EvalkitError
+from ..errors import ConfigError
+from ..judging import adherence as adherence_scorer
 from ..records import Manifest, Transcript
-from ..rubrics import Rubric, load_rubric
-from ..store import RunStore
+from ..rubrics import Rubric
+from ..rundir import RunDir
+from ..suites import LoadedSuite
+from ..summary import surfaced
 
 
 @dataclass(frozen=True)
@@ -18,27 +27,40 @@ class Run:
     name: str
     directory: Path
     manifest: Manifest
+    suite: LoadedSuite
     transcripts: dict[str, Transcript]
     scores: pd.DataFrame  # one row per session x item: session_id, source_id, rubric, item, value, rating, valid
     flagged: frozenset[str] = frozenset()  # sessions whose simulated client fell below the adherence threshold
+    surfaced: dict[str, bool | None] = field(default_factory=dict)  # risk sessions: did the risk surface?
+
+    @property
+    def rubrics(self) -> list[Rubric]:
+        return self.suite.rubrics
+
+    @property
+    def judge_identity(self) -> str:
+        judge = self.manifest.roles["judge"]
+        return judge.identity or judge.model_hash or judge.model
 
 
 def load_run(directory: str | Path, name: str | None = None) -> Run:
-    store = RunStore(Path(directory))
-    manifest = store.existing_manifest()
-    if manifest is None:
-        raise EvalkitError(f"{directory}: not an evalkit run (no manifest.json)")
-    rows = []
+    store = RunDir(directory)
+    manifest = store.require_manifest()
+    loaded = store.suite()
+    rows, values = [], {}
     for session_rows in store.scores().values():
         for row in session_rows:
             rating = None if not row.valid or not row.distribution else int(max(row.distribution, key=row.distribution.get))
             rows.append({"session_id": row.session_id, "source_id": row.source_id, "rubric": row.rubric,
-                         "item": row.item, "value": row.expected if row.valid else None, "rating": rating,
-                         "valid": row.valid})
+                         "item": row.item, "value": row.expected if row.valid else None, "rating": rating, "valid": row.valid})
     scores = pd.DataFrame(rows, columns=["session_id", "source_id", "rubric", "item", "value", "rating", "valid"])
-    flagged = frozenset(sid for sid, row in store.adherence().items() if row.flagged)
-    return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest,
-               transcripts=store.transcripts(), scores=scores, flagged=flagged)
+    values = store.score_values()
+    threshold = manifest.config.adherence_threshold
+    flagged = frozenset(sid for sid, rows_ in values.items()
+                        if threshold is not None and adherence_scorer.session_adherence(rows_, threshold).flagged)
+    return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest, suite=loaded,
+               transcripts=store.transcripts(), scores=scores, flagged=flagged,
+               surfaced={sid: surfaced(rows_) for sid, rows_ in values.items()})
 
 
 def incompatibilities(runs: list[Run]) -> list[str]:
@@ -50,10 +72,12 @@ def incompatibilities(runs: list[Run]) -> list[str]:
         if (config.suite.id, config.suite.version) != (first.suite.id, first.suite.version):
             problems.append(f"suite: {runs[0].name} has {first.suite.id} {first.suite.version}, "
                             f"{run.name} has {config.suite.id} {config.suite.version}")
-        mine = {(r.id, r.version) for r in first.rubrics}
-        theirs = {(r.id, r.version) for r in config.rubrics}
+        mine = {(r.id, r.version, r.sha256) for r in first.rubrics}
+        theirs = {(r.id, r.version, r.sha256) for r in config.rubrics}
         if mine != theirs:
-            problems.append(f"rubrics: {runs[0].name} has {sorted(mine)}, {run.name} has {sorted(theirs)}")
+            problems.append(f"rubrics: {runs[0].name} has {sorted((i, v) for i, v, _ in mine)}, "
+                            f"{run.name} has {sorted((i, v) for i, v, _ in theirs)}"
+                            + (" (same versions, different content)" if {x[:2] for x in mine} == {x[:2] for x in theirs} else ""))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         problems.append(f"condition names repeat ({', '.join(names)}); name runs distinctly")
@@ -61,30 +85,31 @@ def incompatibilities(runs: list[Run]) -> list[str]:
 
 
 def session_key(transcript: Transcript) -> str:
-    return f"{transcript.source_id}#{transcript.replicate}"
+    return transcript.key
 
 
-def session_table(runs: list[Run], rubrics: list[Rubric], exclude_flagged: bool = False) -> pd.DataFrame:
+def session_table(runs: list[Run], rubrics: list[Rubric], include_flagged: bool = False) -> pd.DataFrame:
     """Long table of every metric (items and composites) per condition and session.
 
     Columns: condition, session, persona, metric, value (NaN when invalid). Metric names are
-    `<rubric>.<item or composite>`. With `exclude_flagged`, sessions whose simulated client fell below
-    the adherence threshold are left out.
+    `<rubric>.<item or composite>`. Flagged sessions are left out unless `include_flagged`; rubrics applied only
+    to risk personas keep only sessions whose risk surfaced.
     """
     frames = []
     for run in runs:
         if run.scores.empty:
             continue
         for rubric in rubrics:
+            risk_only = run.suite.applies_to(rubric.id) == "risk" if rubric.id in {r.id for r in run.rubrics} else False
             mine = run.scores[run.scores["rubric"] == rubric.id]
             for session_id, group in mine.groupby("session_id", sort=False):
-                if exclude_flagged and session_id in run.flagged:
+                if (not include_flagged and session_id in run.flagged) or (risk_only and run.surfaced.get(session_id) is not True):
                     continue
                 values = {item: (None if pd.isna(v) else float(v)) for item, v in zip(group["item"], group["value"], strict=True)}
                 values.update(rubric.composite_scores(values))
                 transcript = run.transcripts.get(session_id)
                 persona = transcript.source_id if transcript else group["source_id"].iloc[0]
-                key = session_key(transcript) if transcript else session_id
+                key = transcript.key if transcript else session_id
                 frames.extend({"condition": run.name, "session": key, "persona": persona,
                                "metric": f"{rubric.id}.{score}", "value": value} for score, value in values.items())
     table = pd.DataFrame(frames, columns=["condition", "session", "persona", "metric", "value"])
@@ -93,14 +118,10 @@ def session_table(runs: list[Run], rubrics: list[Rubric], exclude_flagged: bool 
 
 
 def rubrics_of(runs: list[Run]) -> list[Rubric]:
-    """The rubrics the runs were scored on (built-in ones are loaded by id)."""
-    out = []
-    for ref in runs[0].manifest.config.rubrics:
-        rubric = load_rubric(ref.id)
-        if rubric.version != ref.version:
-            raise EvalkitError(f"{runs[0].directory}: scored with {ref.id} {ref.version}, but this evalkit has {rubric.version}")
-        out.append(rubric)
-    return out
+    """The rubrics the runs were scored on, from the first run's own copy (compatibility is checked separately)."""
+    if not runs:
+        raise ConfigError("no runs given")
+    return runs[0].rubrics
 
 
 def metric_better(rubrics: list[Rubric], metric: str) -> str:

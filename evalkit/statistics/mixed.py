@@ -1,40 +1,44 @@
-"""Linear mixed model: score ~ condition + (1 | persona), fitted by REML (statsmodels MixedLM).
+"""Linear mixed model for scores across conditions, fitted by REML (statsmodels MixedLM).
 
-From one fit: the omnibus Wald chi-square for condition on k-1 df, estimated marginal means with
-95% CIs, all pairwise contrasts with Holm-Sidak adjustment, the persona ICC, and Nakagawa &
-Schielzeth's marginal and conditional R-squared.
+    value ~ condition + (1 | persona) + (1 | persona:condition)     when some persona x condition cell
+                                                                    holds two or more sessions (replicates)
+    value ~ condition + (1 | persona)                               otherwise (one session per cell: the
+                                                                    persona x condition term cannot be told
+                                                                    from the residual, which then absorbs it)
+
+From one fit: the omnibus test that all conditions are equal (Wald statistic on k-1 df, referred to
+F(k-1, containment df), the chi-square p beside it), estimated marginal means with t CIs, all pairwise
+contrasts with Holm-Sidak adjustment, ICCs and Nakagawa & Schielzeth's R-squared.
+
+Fixed-effect covariance: by default lme4's (X'V^-1X)^-1 with V built from the REML variance
+components, which for a balanced design reproduces the classical ANOVA standard errors exactly;
+statsmodels' inverse full Hessian is available as covariance="statsmodels".
+
+Why the persona x condition term and the F reference: docs/statistics.md (simulation: without the
+term the omnibus test rejected ~35% of null datasets with replicates; with it and chi-square ~8%; with
+it and F on containment df ~5%).
 """
 
 from __future__ import annotations
 
 import itertools
 import warnings
-from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.regression.mixed_linear_model import MixedLM
+from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 from statsmodels.stats.multitest import multipletests
 
+from .results import Contrast, Emm, MixedModelResult
 
-@dataclass
-class MixedModelResult:
-    conditions: list[str]
-    n: int
-    groups: int
-    wald_chi2: float
-    df: int
-    p_value: float
-    emms: dict[str, dict[str, float]]
-    contrasts: list[dict]
-    icc: float
-    r2_marginal: float
-    r2_conditional: float
-    var_persona: float
-    var_residual: float
-    converged: bool
-    warnings: list[str] = field(default_factory=list)
+# Optimisers tried, as (name, statsmodels method, start values). The first two (BFGS from two starts) always run;
+# the rest only when those two disagree or stop short, and then the best REML log-likelihood is polished by BFGS.
+_FIRST = [("bfgs", "bfgs", "default"), ("bfgs/small-start", "bfgs", "small")]
+_MORE = [("lbfgs/large-start", "lbfgs", "large"), ("nelder-mead", "nm", "default"), ("powell/large-start", "powell", "large")]
+_AGREE = 1e-7  # REML log-likelihoods this close are the same optimum
+_GRADIENT_TOL = 1e-4  # largest |d REML / d parameter| accepted as an optimum (parameters on the sqrt scale)
 
 
 def design(data: pd.DataFrame, conditions: list[str]) -> np.ndarray:
@@ -47,57 +51,202 @@ def design(data: pd.DataFrame, conditions: list[str]) -> np.ndarray:
     return x
 
 
-def fit_mixed_model(data: pd.DataFrame, conditions: list[str], level: float = 0.95) -> MixedModelResult:
-    """`data`: one row per session with columns condition, persona, value (no missing values)."""
-    x = design(data, conditions)
-    k = len(conditions)
-    model = MixedLM(data["value"].to_numpy(float), x, groups=data["persona"].to_numpy())
+def build_model(y: np.ndarray, x: np.ndarray, personas: np.ndarray, codes: np.ndarray, k: int,
+                 interaction: bool) -> MixedLM:
+    if not interaction:
+        return MixedLM(y, x, groups=personas)
+    labels = sorted(set(personas))  # MixedLM orders groups this way
+    mats = [np.eye(k)[codes[personas == g]] for g in labels]
+    spec = VCSpec(["persona:condition"], [[[f"c{j}" for j in range(k)] for _ in labels]], [mats])
+    return MixedLM(y, x, groups=personas, exog_re=np.ones((len(y), 1)), exog_vc=spec)
+
+
+def _start(model: MixedLM, kind: str) -> np.ndarray | None:
+    """Packed (profiled, square-root scale) start values: statsmodels' default, or all components small/large."""
+    if kind == "default":
+        return None
+    value = {"small": 0.1, "large": 3.0}[kind]
+    return np.full(model.k_re2 + model.k_vc, np.sqrt(value))
+
+
+def _fit_once(model: MixedLM, method: str, start) -> tuple[object | None, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # A tight BFGS gradient tolerance takes the REML optimum to machine precision (the default stops
-        # about 1e-6 short); statsmodels' default optimiser chain is the fallback.
-        result = model.fit(reml=True, method=["bfgs"], gtol=1e-12)
-        if not result.converged:
-            result = model.fit(reml=True)
+        try:
+            result = model.fit(reml=True, method=[method], start_params=start, gtol=1e-10) if method in ("bfgs", "lbfgs") \
+                else model.fit(reml=True, method=[method], start_params=start)
+        except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+            return None, []
     notes = sorted({str(w.message).splitlines()[0] for w in caught})
-    beta = np.asarray(result.fe_params)
-    cov = np.asarray(result.cov_params())[:k, :k]
+    return (result if np.isfinite(result.llf) else None), notes
+
+
+def _gradient(model: MixedLM, result) -> float:
+    """Largest absolute REML score at the fit (profiled, square-root-scale parameters, as the optimisers see them).
+
+    A component at the boundary (square root below 1e-3: variance under 1e-6 of the residual's) counts as optimal
+    when the score points back towards 0 (the Karush-Kuhn-Tucker condition for a maximum on s >= 0):
+    statsmodels cannot evaluate a variance of exactly 0, so optimisers stop a little short of it."""
+    packed = result.params_object.get_packed(use_sqrt=model.use_sqrt, has_fe=False)
+    if not len(packed):
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score = np.asarray(model.score(packed, profile_fe=True), float)
+    at_boundary = (np.abs(packed) < 1e-3) & (score * np.sign(packed) <= 0)
+    score[at_boundary] = 0.0
+    return float(np.max(np.abs(score)))
+
+
+def reml_fit(model: MixedLM) -> tuple[object, str, dict[str, float | None], list[str], bool]:
+    """The REML optimum: several optimisers and start values, the highest log-likelihood kept.
+
+    Returns (result, optimiser, {optimiser: llf}, warnings of the kept fit, converged), where converged
+    means the kept fit's REML gradient is below tolerance, checked here rather than taken from the optimiser.
+    """
+    fits: dict[str, tuple[object | None, list[str]]] = {}
+    for name, method, start in _FIRST:
+        fits[name] = _fit_once(model, method, _start(model, start))
+    good = [f for f, _ in fits.values() if f is not None]
+    agree = len(good) == 2 and abs(good[0].llf - good[1].llf) < _AGREE and all(_gradient(model, f) < _GRADIENT_TOL for f in good)
+    if not agree:
+        for name, method, start in _MORE:
+            fits[name] = _fit_once(model, method, _start(model, start))
+        best_name = max((n for n, (f, _) in fits.items() if f is not None), key=lambda n: fits[n][0].llf, default=None)
+        if best_name is None:
+            raise ArithmeticError("no optimiser could fit the mixed model")
+        # Polish the best point with a tight BFGS from there.
+        packed = fits[best_name][0].params_object.get_packed(use_sqrt=model.use_sqrt, has_fe=False)
+        polished = _fit_once(model, "bfgs", packed)
+        if polished[0] is not None:
+            fits[f"{best_name}+bfgs"] = polished
+    best_name = max((n for n, (f, _) in fits.items() if f is not None), key=lambda n: fits[n][0].llf)
+    tried = {n: (float(f.llf) if f is not None else None) for n, (f, _) in fits.items()}
+    best, notes = fits[best_name]
+    converged = _gradient(model, best) < _GRADIENT_TOL
+    # statsmodels' own convergence/boundary notes describe the attempt, not the optimum we report: keep them only
+    # when the kept fit is not at an optimum.
+    kept = [] if converged else notes
+    return best, best_name, tried, kept, converged
+
+
+def lme4_covariance(result) -> np.ndarray:
+    """(X'V^-1X)^-1 with V = Z G Z' + sum_j vcomp_j M_j M_j' + scale I per group, at the fitted variance
+    components: the fixed-effect covariance lme4's vcov() reports (sigma^2 (R_X'R_X)^-1).
+
+    Works for any statsmodels MixedLM result (random coefficients and variance components)."""
+    model = result.model
+    k = model.k_fe
+    info = np.zeros((k, k))
+    cov_re = np.atleast_2d(np.asarray(result.cov_re, float)) if model.k_re else None
+    vcomp = np.asarray(result.vcomp, float)
+    for gi in range(len(model.group_labels)):
+        x = model.exog_li[gi]
+        v = result.scale * np.eye(len(x))
+        if model.k_re:
+            z = model.exog_re_li[gi]
+            v += z @ cov_re @ z.T
+        for j in range(model.k_vc):
+            m = model.exog_vc.mats[j][gi]
+            v += vcomp[j] * (m @ m.T)
+        info += x.T @ np.linalg.solve(v, x)
+    return np.linalg.inv(info)
+
+
+def containment_df(personas: np.ndarray, codes: np.ndarray, k: int, interaction: bool) -> tuple[float, float]:
+    """Denominator df for terms varying within persona (condition), and for persona-level quantities (EMMs).
+
+    Condition: the residual df of the level that contains it. With (1|persona:condition) that is the
+    persona x condition cells: cells - rank([intercept, condition, persona]) at cell level ((P-1)(k-1) when
+    complete); without it, observations - rank of the same design at observation level (between-within df).
+    EMMs contain the persona intercept: personas - 1.
+    """
+    frame = pd.DataFrame({"p": personas, "c": codes})
+    units = frame.drop_duplicates() if interaction else frame
+    cond = np.eye(k)[units["c"].to_numpy()][:, 1:]
+    pers = pd.get_dummies(units["p"]).to_numpy(float)
+    rank = np.linalg.matrix_rank(np.hstack([np.ones((len(units), 1)), cond, pers]))
+    return float(len(units) - rank), float(frame["p"].nunique() - 1)
+
+
+def fit_mixed_model(data: pd.DataFrame, conditions: list[str], level: float = 0.95,
+                    covariance: Literal["lme4", "statsmodels"] = "lme4") -> MixedModelResult:
+    """`data`: one row per session x condition with columns condition, persona, value (rows with a missing value
+    are dropped). Raises ValueError when fewer than two personas or two conditions have data."""
+    data = data.dropna(subset=["value"])
+    data = data[data["condition"].isin(conditions)]
+    k = len(conditions)
+    if k < 2 or data["persona"].nunique() < 2 or data["condition"].nunique() < k:
+        raise ValueError("the mixed model needs every condition scored and at least two personas")
+    y = data["value"].to_numpy(float)
+    x = design(data, conditions)
+    codes = pd.Categorical(data["condition"], categories=conditions).codes.astype(int)
+    personas = data["persona"].astype(str).to_numpy()
+    cell_sizes = pd.Series(list(zip(personas, codes, strict=True))).value_counts()
+    interaction = bool((cell_sizes > 1).any())
+    model = build_model(y, x, personas, codes, k, interaction)
+    result, optimizer, tried, notes, converged = reml_fit(model)
+
+    beta = np.asarray(result.fe_params, float)
+    cov = lme4_covariance(result) if covariance == "lme4" else np.asarray(result.cov_params())[:k, :k]
+    ddf, ddf_emm = containment_df(personas, codes, k, interaction)
+    if ddf < 1:
+        notes.append(f"containment df is {ddf:g}: the condition effect is not estimable within personas; "
+                     "the F reference falls back to chi-square (infinite df)")
+        ddf = float("inf")
 
     contrast = np.hstack([np.zeros((k - 1, 1)), np.eye(k - 1)])
     diff = contrast @ beta
     wald = float(diff @ np.linalg.solve(contrast @ cov @ contrast.T, diff))
+    f_stat = wald / (k - 1)
 
-    z = stats.norm.ppf(0.5 + level / 2)
     vectors = {c: np.eye(k)[0] + (np.eye(k)[i] if i else 0) for i, c in enumerate(conditions)}
+    q_emm = stats.t.ppf(0.5 + level / 2, ddf_emm)
     emms = {}
     for c, a in vectors.items():
         mean, se = float(a @ beta), float(np.sqrt(a @ cov @ a))
-        emms[c] = {"mean": mean, "se": se, "ci_low": mean - z * se, "ci_high": mean + z * se}
+        emms[c] = Emm(condition=c, mean=mean, se=se, df=ddf_emm, ci_low=mean - q_emm * se, ci_high=mean + q_emm * se)
 
-    pairs = list(itertools.combinations(conditions, 2))
-    raw = []
-    contrasts = []
-    for a, b in pairs:
+    q = stats.t.ppf(0.5 + level / 2, ddf)
+    rows = []
+    for a, b in itertools.combinations(conditions, 2):
         vec = vectors[a] - vectors[b]
         estimate, se = float(vec @ beta), float(np.sqrt(vec @ cov @ vec))
-        zval = estimate / se
-        p = float(2 * stats.norm.sf(abs(zval)))
-        raw.append(p)
-        contrasts.append({"a": a, "b": b, "estimate": estimate, "se": se, "z": zval, "p": p,
-                          "ci_low": estimate - z * se, "ci_high": estimate + z * se})
-    if raw:
-        adjusted = multipletests(raw, method="holm-sidak")[1]
-        for row, p_adj in zip(contrasts, adjusted, strict=True):
-            row["p_holm_sidak"] = float(p_adj)
+        t = estimate / se
+        rows.append(dict(a=a, b=b, estimate=estimate, se=se, df=ddf, t=t, p=float(2 * stats.t.sf(abs(t), ddf)),
+                         ci_low=estimate - q * se, ci_high=estimate + q * se))
+    adjusted = multipletests([r["p"] for r in rows], method="holm-sidak")[1]
+    contrasts = [Contrast(**r, p_holm_sidak=float(p)) for r, p in zip(rows, adjusted, strict=True)]
 
     var_persona = float(np.asarray(result.cov_re)[0, 0])
+    var_pc = float(np.asarray(result.vcomp)[0]) if interaction else None
     var_residual = float(result.scale)
     var_fixed = float(np.var(x @ beta))
-    total = var_fixed + var_persona + var_residual
+    random = var_persona + (var_pc or 0.0) + var_residual
+    total = var_fixed + random
+    if var_persona < 1e-8 * max(random, 1e-300):
+        notes.append("persona variance estimated at the boundary (0)")
+    if interaction and var_pc < 1e-8 * max(random, 1e-300):
+        notes.append("persona:condition variance estimated at the boundary (0)")
+
+    terms = "(1|persona) + (1|persona:condition)" if interaction else "(1|persona)"
+    cov_text = "lme4-equivalent (X'V^-1X)^-1" if covariance == "lme4" else "statsmodels inverse full Hessian"
+    method = (f"REML mixed model (statsmodels MixedLM): value ~ condition + {terms}; Wald test of condition on "
+              f"{k - 1} df referred to F({k - 1}, {ddf:g}) (containment df), chi-square p also given; {cov_text}; "
+              f"EMM CIs t({ddf_emm:g}); contrasts t({ddf:g}), Holm-Sidak adjusted")
+    if not interaction:
+        method += "; no replicates: persona:condition variance is not identifiable and is absorbed by the residual"
     return MixedModelResult(
-        conditions=conditions, n=len(data), groups=int(data["persona"].nunique()),
-        wald_chi2=wald, df=k - 1, p_value=float(stats.chi2.sf(wald, k - 1)), emms=emms, contrasts=contrasts,
-        icc=var_persona / (var_persona + var_residual) if var_persona + var_residual > 0 else float("nan"),
-        r2_marginal=var_fixed / total, r2_conditional=(var_fixed + var_persona) / total,
-        var_persona=var_persona, var_residual=var_residual, converged=bool(result.converged), warnings=notes,
+        method=method, formula=f"value ~ condition + {terms}", conditions=conditions, n=len(data),
+        groups=int(data["persona"].nunique()), cells=int(len(cell_sizes)), persona_condition_term=interaction,
+        wald_chi2=wald, df=k - 1, p_value_chi2=float(stats.chi2.sf(wald, k - 1)), f_statistic=f_stat,
+        df_denominator=ddf, p_value=float(stats.f.sf(f_stat, k - 1, ddf)) if np.isfinite(ddf) else float(stats.chi2.sf(wald, k - 1)),
+        covariance=covariance, level=level, emms=emms, contrasts=contrasts,
+        icc=var_persona / random if random > 0 else float("nan"),
+        icc_persona_condition=(var_persona + var_pc) / random if interaction and random > 0 else None,
+        r2_marginal=var_fixed / total if total > 0 else float("nan"),
+        r2_conditional=(var_fixed + var_persona + (var_pc or 0.0)) / total if total > 0 else float("nan"),
+        var_fixed=var_fixed, var_persona=var_persona, var_persona_condition=var_pc, var_residual=var_residual,
+        reml_loglik=float(result.llf), converged=converged, optimizer=optimizer, optimizers_tried=tried,
+        warnings=sorted(set(notes)),
     )
