@@ -19,7 +19,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .personas import ActProfile, CognitiveModel, Disclosure, Persona, Utterance, UtteranceSet
+from .personas import ActProfile, CognitiveModel, CoreBeliefs, Disclosure, Persona, Situation, Utterance, UtteranceSet
 
 PRINCIPLES = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
 PSYCHOCOUNSEL_CITATION = ("Zhang, M., et al. (2025). Preference Learning Unlocks LLMs' Psycho-Counseling Skills. "
@@ -64,7 +64,8 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_json(path, lines=True)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read as {'parquet' if path.suffix == '.parquet' else 'JSONL'} ({exc})") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"{path}: cannot read as {'parquet' if path.suffix == '.parquet' else 'JSONL'} ({first})") from None
 
 
 def load_psychocounsel_preference(path: str | Path) -> list[PreferencePair]:
@@ -122,8 +123,13 @@ class PatientPsiProfile(_Text):
         return styles
 
     @property
-    def core_beliefs(self) -> list[str]:
-        return [b.strip() for b in self.helpless_belief + self.unlovable_belief + self.worthless_belief if b.strip()]
+    def core_beliefs(self) -> CoreBeliefs:
+        """The three belief types kept apart, as Patient-Psi records them."""
+        def clean(beliefs: list[str]) -> list[str]:
+            return [b.strip() for b in beliefs if b.strip()]
+
+        return CoreBeliefs(helpless=clean(self.helpless_belief), unlovable=clean(self.unlovable_belief),
+                           worthless=clean(self.worthless_belief))
 
 
 def _slug(text: str) -> str:
@@ -132,8 +138,9 @@ def _slug(text: str) -> str:
 
 def patient_psi_personas(profile: PatientPsiProfile) -> list[Persona]:
     """One persona per conversational style the profile lists. Fields the source does not give are marked
-    unknown/unrated rather than invented; the disclosure plan follows the profile's situation -> thought ->
-    emotion -> behaviour chain."""
+    unknown/unrated rather than invented; the three core-belief types and the situation -> automatic thought
+    -> emotion -> behaviour chain are kept as fields (the client sees them), and the disclosure plan follows
+    that chain."""
     personas = []
     for style in profile.type:
         ours, openness = PSI_STYLES[style]
@@ -141,19 +148,23 @@ def patient_psi_personas(profile: PatientPsiProfile) -> list[Persona]:
         personas.append(Persona(
             id=f"patient-psi-{_slug(profile.id)}-{ours}", name=profile.name,
             presenting_problem="not stated (Patient-Psi cognitive conceptualisation)", history=profile.history,
-            cognitive_model=CognitiveModel(core_beliefs=profile.core_beliefs or ["not stated"],
+            cognitive_model=CognitiveModel(core_beliefs=profile.core_beliefs,
                                            intermediate_beliefs=[profile.intermediate_belief],
                                            automatic_thoughts=[profile.auto_thought],
-                                           coping_strategies=[profile.coping_strategies]),
+                                           coping_strategies=[profile.coping_strategies],
+                                           situations=[Situation(situation=profile.situation, automatic_thoughts=[profile.auto_thought],
+                                                                 emotions=list(profile.emotion), behaviour=profile.behavior)]),
             conversational_style=ours,
             act_profile=ActProfile(**{field: "unrated" for field in ActProfile.model_fields}),
             openness=openness, risk_level="none", risk_type="none", archetype="unspecified", age_band="unknown",
             gender="not stated", occupation="not stated", context="not stated", support_system="not stated",
             session_goal="not stated",
-            disclosure=[Disclosure(after_turn=0, content=f"What happened: {profile.situation}"),
-                        Disclosure(after_turn=2, content=f"What went through your mind: {profile.auto_thought} "
-                                                         f"How it felt: {emotion}."),
-                        Disclosure(after_turn=4, content=f"What you did: {profile.behavior}")],
+            disclosure=[Disclosure(id="what-happened", after_turn=0, content=f"What happened: {profile.situation}"),
+                        Disclosure(id="thoughts-and-feelings", after_turn=1,
+                                   when_asked=["thought", "thinking", "mind", "feel", "felt", "feeling"],
+                                   content=f"What went through your mind: {profile.auto_thought} How it felt: {emotion}."),
+                        Disclosure(id="what-you-did", after_turn=2, when_asked=["did you do", "react", "respond", "afterwards"],
+                                   content=f"What you did: {profile.behavior}")],
             opening_line=f"Something keeps getting to me. {profile.situation}",
             references=[PATIENT_PSI_CITATION],
         ))
@@ -162,10 +173,10 @@ def patient_psi_personas(profile: PatientPsiProfile) -> list[Persona]:
 
 def load_patient_psi(path: str | Path) -> list[Persona]:
     path = Path(path)
+    from .fileio import read_text
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        data = json.loads(read_text(path, what="JSON file"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if not isinstance(data, list) or not data:
@@ -175,7 +186,51 @@ def load_patient_psi(path: str | Path) -> list[Persona]:
         label = f" (id {record.get('id')})" if isinstance(record, dict) and record.get("id") else ""
         try:
             profile = PatientPsiProfile.model_validate(record)
+            personas.extend(patient_psi_personas(profile))
         except ValidationError as exc:
             raise _row_error(path, number, label, exc) from None
-        personas.extend(patient_psi_personas(profile))
     return personas
+
+
+def _yaml(model: BaseModel) -> str:
+    import yaml
+
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _check_new(paths: list[Path], field: str) -> None:
+    for path in paths:
+        if path.exists():
+            raise ConfigError(f"{field} {path}: already exists; nothing was written (choose another)")
+
+
+def import_patient_psi(file: Path, out: Path) -> list[Path]:
+    """Write one persona YAML per profile and style into `out`; nothing is written if any file would be overwritten."""
+    from .fileio import ensure_directory, write_atomic
+
+    personas = load_patient_psi(file)
+    targets = [Path(out) / f"{p.id}.yaml" for p in personas]
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"out {out}: is a file, not a folder")
+    _check_new(targets, "out")
+    ensure_directory(out, "out")
+    for persona, target in zip(personas, targets, strict=True):
+        write_atomic(target, _yaml(persona))
+    return targets
+
+
+def import_psychocounsel_preference(file: Path, out: Path) -> tuple[Path, Path, int, int]:
+    """Write the questions as an utterances YAML and the pairs as JSONL beside it; both must be new."""
+    from .fileio import ensure_directory, write_atomic
+
+    pairs = load_psychocounsel_preference(file)
+    utterances = preference_utterances(pairs)
+    out = Path(out)
+    pairs_path = out.with_name(f"{out.stem}-pairs.jsonl")
+    if out.is_dir():
+        raise ConfigError(f"out {out}: is a folder; give the utterances YAML file to write")
+    _check_new([out, pairs_path], "out")
+    ensure_directory(out.parent, "out")
+    write_atomic(out, _yaml(utterances))
+    write_atomic(pairs_path, "".join(p.model_dump_json() + "\n" for p in pairs))
+    return out, pairs_path, len(utterances.utterances), len(pairs)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .suites import SamplingParams
+from .types import SamplingParams
 
 
 class _Record(BaseModel):
@@ -16,16 +16,32 @@ class _Record(BaseModel):
 
 class Turn(_Record):
     role: Literal["client", "therapist"]
-    content: str
+    content: str = Field(description="what was said: shown to the other side and to the judge")
+    reasoning: str | None = Field(None, description="thinking the model did before replying; kept for inspection, "
+                                                    "never shown to the client or the judge")
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
     latency_s: float | None = None
     finish_reason: str | None = None
+    truncated: bool = Field(False, description="the reply hit max_tokens before it finished")
     client_source: Literal["simulated", "replayed", "scripted", "persona"] | None = Field(
         None, description="for client turns: where the words came from")
 
 
 StopReason = Literal["max_turns", "client_closed", "context_length", "single_response", "script_end"]
+
+
+class Formulation(_Record):
+    """The therapist's brief case formulation, asked for at the end of a session (MentalArena's decoder task)."""
+
+    presenting_problem: str = ""
+    core_beliefs: str = ""
+    automatic_thoughts: str = ""
+    emotions: str = ""
+    behaviours: str = ""
+    risk: str = ""
+    raw: str | None = Field(None, description="the reply as given, when it was not valid JSON")
 
 
 class Transcript(_Record):
@@ -38,22 +54,35 @@ class Transcript(_Record):
     stop_reason: StopReason
     started_at: datetime
     ended_at: datetime
+    formulation: Formulation | None = None
 
     @property
     def therapist_turns(self) -> int:
         return sum(turn.role == "therapist" for turn in self.turns)
 
+    @property
+    def truncated(self) -> bool:
+        return any(turn.truncated for turn in self.turns if turn.role == "therapist")
+
+    @property
+    def key(self) -> str:
+        """The session's name across runs: persona (or utterance) and replicate."""
+        return f"{self.source_id}#{self.replicate}"
+
 
 class ItemScore(_Record):
+    """One row of scores.jsonl: one scorer's reading of one item of one session."""
+
     session_id: str
     source_id: str
-    rubric: str
+    rubric: str = Field(description="the rubric, or the scorer (persona-adherence, risk-surfaced, ...) that wrote the row")
     rubric_version: str
     item: str
+    turn: int | None = Field(None, description="for per-turn checks: the index of the checked turn")
     valid: bool
     expected: float | None = Field(None, description="expected score under the judge's distribution")
     distribution: dict[str, float] | None = Field(None, description="score level -> probability (sums to 1)")
-    mass: float | None = Field(None, description="probability the judge put on score tokens before restriction, when known")
+    mass: float | None = Field(None, description="probability the judge itself put on the allowed answers, when known")
     reason: str | None = Field(None, description="why the score could not be obtained")
     judge: str
 
@@ -69,7 +98,7 @@ class ReplicaRecord(_Record):
 class BackendRecord(_Record):
     """What is known about the model behind a backend (never a key)."""
 
-    kind: Literal["openai", "vllm-managed", "vllm-offline", "transformers"]
+    kind: str = Field(description="the registered backend kind (openai, vllm, vllm-offline, transformers, mock, or a user's)")
     model: str
     endpoint: str | None = None
     api_key_env: str | None = None
@@ -80,35 +109,22 @@ class BackendRecord(_Record):
     replicas: list[ReplicaRecord] | None = None
 
 
-class AdherenceCheck(_Record):
-    turn: int = Field(description="index of the client turn in the transcript")
-    check: str
-    p_pass: float | None
-    reason: str | None = None
-
-
-class SessionAdherence(_Record):
-    """One line of adherence.jsonl: how well the simulated client kept to its persona in one session."""
-
-    session_id: str
-    source_id: str
-    checks: list[AdherenceCheck]
-    rate: float | None = Field(description="mean probability of passing over all checks of all client turns")
-    flagged: bool = Field(description="rate below the run's threshold: statistics may exclude the session")
-    judge: str
-
-
 class AdherenceSummary(_Record):
     threshold: float
     sessions_checked: int
     overall: float | None
     per_persona: dict[str, float]
+    per_check: dict[str, float] = Field({}, description="mean probability of passing, per kind of check")
     flagged: list[str]
     invalid_checks: int
+    excluded_from_statistics: bool = Field(True, description="flagged sessions are left out of summary, compare and gate")
 
 
 class RoleRecord(BackendRecord):
     defaulted_to_therapist: bool = False
+    identity: str | None = Field(None, description="how runs name this model: content hash, or kind, endpoint and served name")
+    seed_sent: bool | None = Field(None, description="whether the run's seed was sent with this role's requests "
+                                                     "(None: no seed); a vLLM CPU server is never sent one, it crashes")
 
 
 class ContentRef(_Record):
@@ -118,10 +134,14 @@ class ContentRef(_Record):
 
 
 class RunConfig(_Record):
-    """Everything that decides what a session and a score mean. Two runs into one directory must agree on it."""
+    """Everything that decides what a session and a score mean. Two runs into one directory must agree on it.
+
+    The number of sessions and the concurrency are left out, so a run can be extended.
+    """
 
     suite: ContentRef
     rubrics: list[ContentRef]
+    scorers: list[str] = Field([], description="every scorer that writes rows, with its version")
     clients_sha256: str
     turns: int
     sampling: dict[str, SamplingParams]
@@ -130,6 +150,20 @@ class RunConfig(_Record):
     judge_method: str
     adherence_threshold: float | None = Field(None, description="None when persona adherence is not checked")
     client_mode: str = Field("simulated", description="simulated, replay:<run and transcripts hash>, scripted:<file hash>")
+    seed: int | None = None
+
+
+class RunCounts(_Record):
+    """What a run directory holds, counted once from its files; the manifest and summary both carry these."""
+
+    sessions: int = 0
+    sessions_scored: int = Field(0, description="sessions with every expected score row present")
+    score_rows: int = 0
+    invalid_score_rows: int = 0
+    missing_score_rows: int = Field(0, description="expected rows not yet written (a later --resume writes them)")
+    truncated_sessions: int = Field(0, description="sessions with at least one therapist turn cut off by max_tokens")
+    reasoning_turns: int = Field(0, description="turns whose reasoning was kept out of what the client and judge saw")
+    flagged_sessions: int = Field(0, description="sessions whose simulated client fell below the adherence threshold")
 
 
 class Manifest(_Record):
@@ -144,12 +178,12 @@ class Manifest(_Record):
     self_play: bool
     self_judged: bool
     sessions_requested: int
-    request_seeds: bool = Field(False, description="per-request seeds are not sent (vLLM CPU build crashes with them)")
     started_at: datetime
     ended_at: datetime | None = None
     host: dict[str, str]
     warnings: list[str] = []
-    counts: dict[str, int] = {}
+    counts: RunCounts = RunCounts()
+    rescored_from: str | None = Field(None, description="the run whose transcripts this run re-judged (evalkit rescore)")
     judge_validation: dict[str, Any] | None = Field(
         None, description="the validation report this run's judge was checked with: path, sha256, headline agreement")
 
@@ -162,24 +196,35 @@ class Stat(_Record):
     n_invalid: int
     clusters: int
     range: tuple[float, float]
+    better: Literal["higher", "lower"] = "higher"
 
 
 class CriticalFailures(_Record):
-    """Share of sessions in which any critical (pass/fail) item failed."""
+    """Critical failures, counted only over sessions in which the persona's scheduled risk surfaced.
+
+    A session where the risk never came up tells nothing about how the model handles it: it is reported as
+    "risk not surfaced", never as safe.
+    """
 
     rule: str
     items: list[str]
-    sessions: int = Field(description="sessions with every critical item scored")
+    risk_sessions: int = Field(0, description="sessions with a risk persona scored on this rubric")
+    surfaced: int = Field(0, description="of those, sessions where the judge found the scheduled risk voiced by the client")
+    not_surfaced: int = Field(0, description="risk never came up: neither safe nor unsafe")
+    surfaced_unknown: int = Field(0, description="the risk-surfaced check itself could not be scored")
+    sessions: int = Field(description="surfaced sessions whose critical items could all be assessed")
     with_failure: int
-    share: float | None
+    share: float | None = Field(description="with_failure / sessions")
     ci_low: float | None = Field(description="Wilson 95% interval")
     ci_high: float | None
-    n_invalid: int = Field(description="sessions where a critical item could not be scored")
+    n_invalid: int = Field(description="surfaced sessions where a critical item could not be scored and none failed")
+    warning: str | None = None
 
 
 class RubricSummary(_Record):
     rubric: str
     version: str
+    applies_to: Literal["all", "risk"] = "all"
     items: dict[str, Stat]
     composites: dict[str, Stat]
     critical_failures: CriticalFailures | None = None
@@ -188,7 +233,10 @@ class RubricSummary(_Record):
 class Summary(_Record):
     run_id: str
     suite: str
-    sessions: int
+    sessions: int = Field(description="every session in the run")
+    sessions_analysed: int = Field(0, description="sessions the statistics below are computed over")
+    excluded: dict[str, int] = Field({}, description="sessions left out, by reason (flagged, truncated)")
     ci_method: str
+    counts: RunCounts = RunCounts()
     rubrics: dict[str, RubricSummary]
     adherence: AdherenceSummary | None = None

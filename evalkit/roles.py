@@ -1,6 +1,8 @@
 """Roles (therapist, client, judge): which model plays each, and the backends that reach them.
 
-One backend per distinct model; managed vLLM servers are owned here and stopped on close.
+A role is given as a `RoleSpec` (a model path or name, endpoints, a registered backend kind) or as a ready
+backend object. Roles that name the same model share one backend; managed servers are owned by the
+`RoleBackends` that built them and stopped when it closes.
 """
 
 from __future__ import annotations
@@ -8,207 +10,226 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from urllib.parse import urlsplit
 
-from rich.markup import escape
-
-from .backends.base import Backend, BackendInfo
-from .backends.openai_http import OpenAIBackend
-from .backends.replicas import ReplicaPool, console_warning
-from .backends.transformers_local import TransformersBackend
-from .backends.vllm_server import ManagedVLLMServer, tail
-from .errors import ConfigError, ModelNotFound
-from .progress import console
+from .backends.base import Backend, BackendSpec, BuildContext, Timeouts, build_backend, is_local_kind
+from .errors import BackendError, ConfigError, ModelNotFound
 from .provenance import hash_model_dir
+from .types import ROLES, RoleName
 
-ROLES = ("therapist", "client", "judge")
-BackendKind = Literal["auto", "openai", "vllm", "vllm-offline", "transformers"]
-RoleKind = Literal["openai", "vllm-managed", "vllm-offline", "transformers"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 @dataclass(frozen=True)
 class RoleSpec:
-    """Which model plays a role, and how it is reached."""
+    """Which model plays a role, and how it is reached.
+
+    `model`: a local checkpoint path or hub id (run by a local kind), or the served name at `endpoint`.
+    `endpoint`: one URL or several replicas of the same model. `backend`: a registered kind, or "auto"
+    (openai with an endpoint, else a managed vLLM server). `instance`: a ready backend object instead.
+    """
 
     model: str | None = None
-    endpoint: str | None = None
+    endpoint: str | tuple[str, ...] | list[str] | None = None
     api_key_env: str | None = None
-    backend: BackendKind = "auto"
-    more_endpoints: tuple[str, ...] = ()
-    """Further replicas serving the same model as `endpoint`."""
+    backend: str = "auto"
+    instance: Backend | None = field(default=None, compare=False)
+    timeouts: Timeouts = Timeouts()
+    options: dict = field(default_factory=dict, compare=False)
 
-    @classmethod
-    def of(cls, model: str | None, endpoints: list[str] | None, api_key_env: str | None = None,
-           backend: BackendKind = "auto") -> RoleSpec:
-        """From a repeatable --endpoint option."""
-        first, *more = endpoints or [None]
-        return cls(model, first, api_key_env, backend, tuple(more))  # type: ignore[arg-type]
+    def __post_init__(self) -> None:
+        endpoints = (self.endpoint,) if isinstance(self.endpoint, str) else tuple(self.endpoint or ())
+        object.__setattr__(self, "endpoint", endpoints)
+        if self.backend == "vllm-managed":  # the old name of the managed kind
+            object.__setattr__(self, "backend", "vllm")
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self.endpoint  # type: ignore[return-value]
 
     @property
     def given(self) -> bool:
-        return self.model is not None or self.endpoint is not None
+        return self.instance is not None or self.model is not None or bool(self.endpoints)
 
-    @property
-    def replicated(self) -> bool:
-        return bool(self.more_endpoints)
-
-    def resolved_kind(self, flag: str) -> RoleKind:
-        if self.backend in ("transformers", "vllm-offline"):
-            if self.endpoint:
-                raise ConfigError(f"--{flag}backend {self.backend} runs the model in-process; drop --{flag}endpoint")
-            return self.backend  # type: ignore[return-value]
-        if self.endpoint or self.backend == "openai":
-            if not self.endpoint:
-                raise ConfigError(f"--{flag}backend openai needs --{flag}endpoint")
-            return "openai"
-        return "vllm-managed"
+    def kind(self) -> str:
+        if self.instance is not None:
+            return self.instance.info.kind
+        if self.backend == "auto":
+            return "openai" if self.endpoints else "vllm"
+        if is_local_kind(self.backend) and self.endpoints:
+            raise ConfigError(f"backend '{self.backend}' runs the model on this machine; it takes no endpoint")
+        if self.backend == "openai" and not self.endpoints:
+            raise ConfigError("backend 'openai' needs an endpoint")
+        return self.backend
 
 
 @dataclass
 class Role:
+    name: RoleName
     spec: RoleSpec
-    kind: RoleKind
-    identity: str
+    kind: str
     model_path: Path | None = None
     model_hash: str | None = None
     defaulted: bool = False
     backend: Backend | None = None
 
+    @property
+    def identity(self) -> str:
+        """How runs name this role's model: its content hash, or kind, endpoint and served name."""
+        if self.model_hash:
+            return self.model_hash
+        if self.backend is not None and self.backend.info.model_hash:
+            return self.backend.info.model_hash
+        model = self.backend.info.model if self.backend is not None else self.spec.model
+        if self.kind == "openai":
+            where = "replicas" if len(self.spec.endpoints) > 1 else normalise_endpoint(self.spec.endpoints[0])
+            return f"openai:{where}:{model or ''}"
+        return f"{self.kind}:{model or ''}"
 
-def check_model_path(model: str, flag: str) -> Path | None:
+
+def normalise_endpoint(url: str) -> str:
+    """One spelling per server: lower-case scheme and host, localhost as 127.0.0.1, no trailing /v1 or slash."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1", "[::1]") else host
+    port = f":{parts.port}" if parts.port else ""
+    path = parts.path.rstrip("/").removesuffix("/v1")
+    return f"{parts.scheme.lower()}://{host}{port}{path}"
+
+
+def check_model_path(model: str, field: str) -> Path | None:
     """A local model directory, or None for a hub id; anything else is a user error."""
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelNotFound(f"--{flag}model {model}: not a directory (expected a model folder with config.json)")
+            raise ModelNotFound(f"{field} {model}: not a directory (expected a model folder with config.json)")
         if not (path / "config.json").is_file():
-            raise ModelNotFound(f"--{flag}model {model}: not a model directory (no config.json)")
+            raise ModelNotFound(f"{field} {model}: not a model directory (no config.json)")
         try:
             (path / "config.json").read_bytes()
         except OSError as exc:
-            raise ModelNotFound(f"--{flag}model {model}: cannot read config.json ({exc.strerror})") from None
+            raise ModelNotFound(f"{field} {model}: cannot read config.json ({exc.strerror})") from None
         return path.resolve()
     if _HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return None
-    raise ModelNotFound(f"--{flag}model {model}: no such directory")
+    raise ModelNotFound(f"{field} {model}: no such directory")
 
 
-def _served_name(path: Path | None, model: str) -> str:
-    return path.name if path else model
-
-
-class Backends:
-    """Builds one backend per distinct model and owns the managed servers behind them."""
-
-    def __init__(self, run_dir: Path, *, max_model_len: int | None, vllm_args: list[str], trust_remote_code: bool):
-        self.run_dir = run_dir
-        self.max_model_len = max_model_len
-        self.vllm_args = vllm_args
-        self.trust_remote_code = trust_remote_code
-        self.servers: dict[str, ManagedVLLMServer] = {}
-        self._by_identity: dict[str, Backend] = {}
-
-    async def build(self, role: Role) -> Backend:
-        if role.identity in self._by_identity:
-            return self._by_identity[role.identity]
-        spec = role.spec
-        if role.kind == "openai" and spec.replicated:
-            backend: Backend = await ReplicaPool.connect([spec.endpoint, *spec.more_endpoints], spec.model,  # type: ignore[list-item]
-                                                         api_key_env=spec.api_key_env, warn=console_warning)
-        elif role.kind == "openai":
-            backend = await OpenAIBackend.connect(spec.endpoint, spec.model, api_key_env=spec.api_key_env)  # type: ignore[arg-type]
-        else:
-            backend = await self._local(role)
-        self._by_identity[role.identity] = backend
-        return backend
-
-    async def _local(self, role: Role) -> Backend:
-        """A model on this machine: in-process (transformers, vLLM) or a managed vLLM server."""
-        source = str(role.model_path or role.spec.model)
-        name = _served_name(role.model_path, role.spec.model)  # type: ignore[arg-type]
-        info = BackendInfo(kind=role.kind, model=name, model_path=source, model_hash=role.model_hash)
-        if role.kind == "transformers":
-            return TransformersBackend(source, served_name=name, trust_remote_code=self.trust_remote_code, info=info)
-        if role.kind == "vllm-offline":
-            from .backends.vllm_offline import OfflineVLLMBackend
-
-            console.print(f"loading [bold]{escape(name)}[/bold] into vLLM in-process")
-            return OfflineVLLMBackend(source, info=info, vllm_args=self.vllm_args, max_model_len=self.max_model_len,
-                                      trust_remote_code=self.trust_remote_code)
-        server = ManagedVLLMServer(source, served_name=name, log_path=self.run_dir / f"vllm-{name}.log",
-                                   max_model_len=self.max_model_len, extra_args=self.vllm_args)
-        console.print(f"starting vLLM {server.version or ''} for [bold]{escape(name)}[/bold] (log: {server.log_path})")
-        server.start()  # blocks the loop on purpose: nothing else runs yet, and it must be the main thread
-        self.servers[role.identity] = server
-        backend = await OpenAIBackend.connect(server.url, name, kind="vllm-managed")
-        backend.info.model_path, backend.info.model_hash = source, role.model_hash
-        return backend
-
-    def explain_failure(self) -> str:
-        dead = [(s.served_name, s) for s in self.servers.values() if s.process and s.process.poll() is not None]
-        return "; ".join(f"vLLM for {name} exited with code {s.process.returncode}: {tail(s.log_path, 3)}"  # type: ignore[union-attr]
-                         for name, s in dead)
-
-    async def close(self) -> None:
-        for backend in self._by_identity.values():
-            await backend.aclose()
-        for server in self.servers.values():
-            server.stop()
-
-
-def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[str, Role], list[str]]:
-    warnings = []
-    therapist = specs["therapist"]
+def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[RoleName, Role], list[str]]:
+    """Bind each role to a spec (defaulting to the therapist's), check local paths and hash them."""
+    therapist = specs.get("therapist") or RoleSpec()
     if not therapist.given:
-        raise ConfigError("--model (or --endpoint) is required: which model is under test?")
-    roles: dict[str, Role] = {}
+        raise ConfigError("therapist model: required (which model is under test?)")
+    roles: dict[RoleName, Role] = {}
+    hashes: dict[Path, str] = {}
     for name in ROLES:
         spec, defaulted = specs.get(name) or RoleSpec(), False
         if not spec.given:
             spec, defaulted = therapist, True
-        flag = "" if name == "therapist" else f"{name}-"
-        kind = spec.resolved_kind(flag)
-        path = check_model_path(spec.model, flag) if spec.model and kind != "openai" else None
-        identity = f"{kind}:{path or spec.model}" if kind != "openai" else _endpoint_identity(spec, spec.model)
-        roles[name] = Role(spec=spec, kind=kind, identity=identity, model_path=path, defaulted=defaulted)
-    if roles["client"].defaulted:
-        warnings.append("self-play: the simulated client is the model under test (give --client-model or --client-endpoint)")
-    if roles["judge"].defaulted:
+        kind = spec.kind()
+        path = None
+        if spec.instance is None and is_local_kind(kind):
+            if not spec.model:
+                raise ConfigError(f"{name} model: backend '{kind}' needs a model path or id")
+            path = check_model_path(spec.model, f"{name} model")
+        role = Role(name=name, spec=spec, kind=kind, model_path=path, defaulted=defaulted)
+        if path is not None:
+            role.model_hash = hashes.setdefault(path, hash_model_dir(path))
+        roles[name] = role
+    return roles, []
+
+
+def self_play_warnings(roles: dict[RoleName, Role], *, has_client: bool) -> tuple[bool, bool, list[str]]:
+    """(self_play, self_judged, warnings), decided by the models' identities, not by which flags were given."""
+    therapist = roles["therapist"].identity
+    self_play = has_client and roles["client"].identity == therapist
+    self_judged = roles["judge"].identity == therapist
+    warnings = []
+    if self_play:
+        warnings.append("self-play: the simulated client is the model under test (give a different client model or endpoint)")
+    if self_judged:
         warnings.append("self-judged: the judge is the model under test; its scores are not an independent rating "
-                        "(give --judge-model or --judge-endpoint)")
-    hashes: dict[Path, str] = {}
-    for role in roles.values():
-        if role.model_path is not None:
-            if role.model_path not in hashes:
-                hashes[role.model_path] = hash_model_dir(role.model_path)
-            role.model_hash = hashes[role.model_path]
-    return roles, warnings
+                        "(give a different judge model or endpoint)")
+    return self_play, self_judged, warnings
 
 
-def role_identity(role: Role, backend: Backend) -> str:
-    """How runs and validation reports name a role's model: its content hash, or endpoint and served name."""
-    if role.model_hash:
-        return role.model_hash
-    return _endpoint_identity(role.spec, backend.info.model) if role.kind == "openai" else role.identity
+class RoleBound:
+    """A backend as one role sees it: every error it raises names the role (therapist, client or judge)."""
+
+    def __init__(self, backend: Backend, role: str):
+        self.backend, self.role = backend, role
+
+    @property
+    def info(self):
+        return self.backend.info
+
+    async def chat(self, messages, params):
+        try:
+            return await self.backend.chat(messages, params)
+        except BackendError as exc:
+            raise exc.for_role(self.role) from None
+
+    async def choice_distribution(self, messages, choices, *, with_mass: bool = True):
+        try:
+            return await self.backend.choice_distribution(messages, choices, with_mass=with_mass)
+        except BackendError as exc:
+            raise exc.for_role(self.role) from None
+
+    async def aclose(self) -> None:
+        return None  # the backend is closed by its owner, once, however many roles share it
 
 
-def _endpoint_identity(spec: RoleSpec, model: str | None) -> str:
-    # Replicas are interchangeable, so a run may be resumed on a different set of them.
-    return f"openai:replicas:{model or ''}" if spec.replicated else f"openai:{spec.endpoint}:{model or ''}"
+class RoleBackends:
+    """Builds one backend per distinct model and owns what they started (managed servers, in-process engines)."""
+
+    def __init__(self, context: BuildContext):
+        self.context = context
+        self._built: dict[tuple, Backend] = {}
+        self._owned: list[Backend] = []
+
+    async def bind(self, role: Role) -> Backend:
+        spec = role.spec
+        if spec.instance is not None:
+            role.backend = RoleBound(spec.instance, role.name)
+            return role.backend
+        key = (role.kind, str(role.model_path or spec.model), spec.endpoints, spec.api_key_env)
+        if key not in self._built:
+            model = str(role.model_path) if role.model_path else spec.model
+            try:
+                backend = await build_backend(BackendSpec(kind=role.kind, model=model, endpoints=spec.endpoints,
+                                                          api_key_env=spec.api_key_env, model_hash=role.model_hash,
+                                                          timeouts=spec.timeouts, options=spec.options), self.context)
+            except BackendError as exc:
+                raise exc.for_role(role.name) from None
+            self._built[key] = backend
+            self._owned.append(backend)
+        role.backend = RoleBound(self._built[key], role.name)
+        return role.backend
+
+    def explain_failure(self) -> str:
+        return "; ".join(why for explain in self.context.failure_explainers if (why := explain()))
+
+    async def close(self) -> None:
+        for backend in self._owned:
+            try:
+                await backend.aclose()
+            except Exception:  # noqa: BLE001 - closing must not hide the error that ended the run
+                pass
+        while self.context.closers:
+            self.context.closers.pop()()
 
 
 @asynccontextmanager
 async def judge_backend(spec: RoleSpec, log_dir: Path) -> AsyncIterator[tuple[Backend, str]]:
-    """One backend for a judge outside a run (pairwise preference, validation, preference accuracy),
-    with its identity; a managed server is stopped on exit."""
+    """One backend for a judge outside a run (pairwise preference, validation, preference accuracy), with its
+    identity; whatever it started is stopped on exit."""
     role = resolve_roles({"therapist": spec})[0]["therapist"]
-    backends = Backends(log_dir, max_model_len=None, vllm_args=[], trust_remote_code=False)
+    role.name = "judge"
+    backends = RoleBackends(BuildContext(log_dir=log_dir))
     try:
-        backend = await backends.build(role)
-        yield backend, role_identity(role, backend)
+        await backends.bind(role)
+        yield role.backend, role.identity  # type: ignore[misc]
     finally:
         await backends.close()
-

@@ -1,34 +1,41 @@
-"""`evalkit run` as a Python function: suite -> sessions -> transcripts -> judge -> scores -> summary."""
+"""`evalkit run` as Python: suite -> sessions -> transcripts -> scorers -> scores -> summary, each a stage.
+
+`evaluate(spec)` composes the stages for one run; `rescore(run, ...)` re-judges a stored run's transcripts
+into a new run; `run(...)`/`run_async(...)` take keyword arguments for notebooks. The library prints
+nothing: it reports through a `Reporter` and raises `EvalkitError` subclasses that name fields; what
+finished is always on disk and a re-run resumes it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import hashlib
+import json
 import re
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-from rich.markup import escape
+from typing import Any
 
 from . import __version__
-from .backends.base import BackendUnavailable
-from .errors import ConfigError, RunInterrupted
-from .judging import Judge, JudgeSettings
-from .judging.adherence import check_session
-from .judging.judge import METHOD as JUDGE_METHOD
-from .progress import RunProgress, console, print_summary
+from .backends.base import Backend, BuildContext
+from .errors import BackendUnavailable, ConfigError, EvalkitError, RunInterrupted, StorageError
+from .judging import Judge, JudgeSettings, RubricScorer, Scorer, make_scorer
+from .judging.adherence import AdherenceScorer
+from .judging.safety import RiskSurfacedScorer
 from .provenance import git_commit, host_info
-from .records import ContentRef, Manifest, RoleRecord, RunConfig, Summary
-from .roles import BackendKind, Backends, Role, RoleSpec, resolve_roles, role_identity
+from .records import ContentRef, Manifest, RoleRecord, RunConfig, RunCounts, Summary, Transcript
+from .reporting import Reporter
+from .roles import Role, RoleBackends, resolve_roles, self_play_warnings
+from .rundir import RunDir
 from .simulation.client_modes import ReplayClient, ScriptedClient, SimulatedClient
 from .simulation.engine import SessionEngine, run_bounded
-from .store import RunStore
-from .suites import LoadedSuite, SamplingParams, load_suite
-from .summary import summarise
+from .spec import EvalSpec, RoleConfig
+from .suites import LoadedSuite, load_suite, schedule_problems
+from .summary import SessionFacts, summarise
+from .types import ROLES, SamplingParams
 
 
 @dataclass
@@ -38,232 +45,555 @@ class RunResult:
     summary: Summary
 
 
-def _sampling(loaded: LoadedSuite, max_tokens: int | None, temperature: float | None) -> dict[str, SamplingParams]:
-    therapist = loaded.suite.sampling.therapist
-    overrides = {k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature}.items() if v is not None}
-    therapist = therapist.model_copy(update=overrides)
-    client = loaded.suite.sampling.client
-    if max_tokens is not None:
-        client = client.model_copy(update={"max_tokens": max_tokens})
+# ---------------------------------------------------------------- planning
+
+@dataclass
+class ScoringPlan:
+    """The scorers of a run and the rows each session must end up with."""
+
+    scorers: list[Scorer]
+    suite: LoadedSuite
+
+    @classmethod
+    def of(cls, loaded: LoadedSuite, settings: JudgeSettings, *, simulated_client: bool) -> ScoringPlan:
+        scorers: list[Scorer] = [make_scorer(use.scorer, loaded, rubric) if use.scorer else
+                                 RubricScorer(rubric, applies_to=use.applies_to, layout=settings.layout)
+                                 for use, rubric in loaded.rubric_uses]
+        if loaded.suite.unit == "session":
+            if any(r.critical_items for r in loaded.rubrics):
+                scorers.append(RiskSurfacedScorer())
+            if settings.adherence_threshold is not None and simulated_client:
+                scorers.append(AdherenceScorer())
+        scorers += [make_scorer(name, loaded) for name in loaded.suite.scorers]
+        return cls(scorers=scorers, suite=loaded)
+
+    def expected(self, transcript: Transcript) -> dict[Scorer, set[tuple[str, str]]]:
+        source = self.suite.source(transcript.source_id)
+        return {s: {(s.id, k) for k in s.keys(transcript, source)} for s in self.scorers}
+
+    def describe(self) -> list[str]:
+        return [f"{s.id}/{s.version}" for s in self.scorers]
+
+
+def _sampling(loaded: LoadedSuite, spec: EvalSpec) -> dict[str, SamplingParams]:
+    therapist = loaded.suite.sampling.therapist.model_copy(update={k: v for k, v in {
+        "max_tokens": spec.max_tokens, "temperature": spec.temperature, "top_p": spec.top_p, "seed": spec.seed}.items() if v is not None})
+    client = loaded.suite.sampling.client.model_copy(update={k: v for k, v in {
+        "max_tokens": spec.max_tokens, "seed": spec.seed}.items() if v is not None})
     return {"therapist": therapist, "client": client}
 
 
 def _config(loaded: LoadedSuite, roles: dict[str, Role], turns: int, sampling: dict[str, SamplingParams],
-            settings: JudgeSettings) -> RunConfig:
+            settings: JudgeSettings, plan: ScoringPlan, client_mode: str, seed: int | None) -> RunConfig:
     suite = loaded.suite
     return RunConfig(
         suite=ContentRef(id=suite.id, version=suite.version, sha256=loaded.content_hash),
         rubrics=[ContentRef(id=r.id, version=r.version, sha256=r.content_hash) for r in loaded.rubrics],
+        scorers=plan.describe(),
         clients_sha256=hashlib.sha256("".join(s.model_dump_json() for s in loaded.sources).encode()).hexdigest(),
         turns=turns,
         sampling=sampling if suite.unit == "session" else {"therapist": sampling["therapist"]},
         therapist_system_prompt_sha256=hashlib.sha256(suite.therapist_system_prompt.encode()).hexdigest(),
-        roles={name: role.model_hash or role.identity for name, role in roles.items()},
-        judge_method=f"{JUDGE_METHOD};min_mass={settings.min_mass}" + (f";layout={settings.layout}" if settings.layout != "transcript-first" else ""),
-        adherence_threshold=settings.adherence_threshold,
-    )
+        roles={name: role.identity for name, role in roles.items()},
+        judge_method=settings.method, adherence_threshold=settings.adherence_threshold, client_mode=client_mode, seed=seed)
+
+
+def default_run_dir(suite_id: str, model: str | None, config: RunConfig) -> Path:
+    """results/<suite>-<model>-<hash of the configuration>: the same command twice lands in the same run."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model or "endpoint").name).strip("-") or "model"
+    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+    return Path("results") / f"{suite_id}-{name}-{digest}"
 
 
 def _judge_validation(path: Path, judge_identity: str) -> dict:
     """The validation report a run's judge was checked with; it must be about this very judge."""
-    import json
+    from .fileio import read_text
 
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(read_text(path, what="validation report"))
         validated = report["judge"]["identity"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--judge-validation {path}: not an evalkit validation report ({exc})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"judge_validation {path}: not an evalkit validation report ({exc})") from None
     if validated != judge_identity:
-        raise ConfigError(f"--judge-validation {path}: it validated judge {validated}, but this run's judge is {judge_identity}")
-    headline = {rubric: {c: s.get("judge_human", {}).get("icc_a1") for c, s in section["composites"].items()}
+        raise ConfigError(f"judge_validation {path}: it validated judge {validated}, but this run's judge is {judge_identity}")
+    headline = {rubric: {c: (s.get("judge_human") or {}).get("icc_a1") for c, s in section["composites"].items()}
                 for rubric, section in report.get("rubrics", {}).items()}
     return {"report": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "created_at": report.get("created_at"), "materials": report.get("materials"),
             "raters": len(report.get("raters", [])), "icc_a1_by_composite": headline}
 
 
-def _role_record(role: Role) -> RoleRecord:
+def _role_record(role: Role, sampling: dict[str, SamplingParams]) -> RoleRecord:
     info = role.backend.info.model_dump()  # type: ignore[union-attr]
     if role.kind != "openai":
         info["endpoint"] = None  # a managed server's loopback port means nothing after the run
-    return RoleRecord(**info, defaulted_to_therapist=role.defaulted)
+    params = sampling.get(role.name)
+    seed_sent = None
+    if params is not None and params.seed is not None:
+        seed_sent = bool(getattr(getattr(role.backend, "backend", role.backend), "send_seed", True))
+    return RoleRecord(**info, defaulted_to_therapist=role.defaulted, identity=role.identity, seed_sent=seed_sent)
 
 
-def default_run_dir(suite_id: str, model: str | None) -> Path:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model or "endpoint").name).strip("-") or "model"
-    return Path("results") / f"{suite_id}-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+# ---------------------------------------------------------------- stages
+
+async def simulate(loaded: LoadedSuite, store: RunDir, cases: list, *, therapist: Backend, client, turns: int,
+                   sampling: SamplingParams, concurrency: int, reporter: Reporter) -> None:
+    """Run every case that has no transcript yet; each transcript is appended as soon as its session ends."""
+    done = set(store.sources())
+    reporter.sessions(len(cases), sum(c.session_id in done for c in cases))
+    engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt, turns=turns,
+                           therapist=therapist, client=client, therapist_sampling=sampling, reporter=reporter,
+                           formulation=loaded.wants_formulation)
+
+    def keep(case, transcript: Transcript) -> None:
+        store.append_transcript(transcript)
+        reporter.session_done(transcript)
+
+    await run_bounded((c for c in cases if c.session_id not in done), engine.run_case, concurrency=concurrency, on_result=keep)
 
 
-async def run_async(model: str | None = None, suite: str = "act-fm", *, endpoint: str | list[str] | None = None,
-                    api_key_env: str | None = None, backend: BackendKind = "auto",
-                    client: RoleSpec | None = None, judge: RoleSpec | None = None,
-                    sessions: int | None = None, turns: int | None = None, concurrency: int = 16,
-                    judge_concurrency: int = 64, out: str | Path | None = None, resume: bool = False,
-                    max_tokens: int | None = None, temperature: float | None = None,
-                    max_model_len: int | None = None, vllm_args: list[str] | None = None,
-                    trust_remote_code: bool = False, judge_settings: JudgeSettings | None = None,
-                    show_progress: bool = True, command: list[str] | None = None,
-                    replay_client: str | Path | None = None, scripted_client: str | Path | None = None,
-                    judge_validation: str | Path | None = None) -> RunResult:
-    """Simulate the suite's sessions against `model`, judge them, and write results/<run-id>/.
+async def score(store: RunDir, plan: ScoringPlan, judge: Judge, *, concurrency: int, reporter: Reporter,
+                rejudge_invalid: bool = False) -> None:
+    """Write every expected row that is missing (and, when asked, re-ask every invalid one). The latest row wins."""
+    written = store.written_keys()
 
-    `endpoint`: one URL, or several replicas serving the same model (sessions are spread across them and
-    survive the loss of all but one). `replay_client` re-uses a stored run's client turns while the therapist's replies match it;
-    `scripted_client` takes every client turn from a file. Use this form inside a running event loop
-    (a notebook); `run` is the same for plain scripts.
-    Raises `EvalkitError` (one-line message) for bad input or a backend that fails; what finished is kept.
-    """
-    judge_settings = judge_settings or JudgeSettings()
-    if sessions is not None and sessions < 1:
-        raise ConfigError(f"--sessions {sessions}: expected a positive number")
-    if turns is not None and turns < 1:
-        raise ConfigError(f"--turns {turns}: expected a positive number")
-    if concurrency < 1:
-        raise ConfigError(f"--concurrency {concurrency}: expected a positive number")
-    loaded = load_suite(suite)
-    if loaded.suite.unit == "response":  # a single reply has no simulated client turn to check
-        judge_settings = dataclasses.replace(judge_settings, adherence_threshold=None)
-    turns = loaded.suite.turns if (turns is None or loaded.suite.unit == "response") else turns
-    endpoints = [endpoint] if isinstance(endpoint, str) else endpoint
-    specs = {"therapist": RoleSpec.of(model, endpoints, api_key_env, backend), "client": client or RoleSpec(),
-             "judge": judge or RoleSpec()}
-    if loaded.suite.unit == "response":
-        specs["client"] = RoleSpec()  # single responses need no simulated client
-    roles, warnings = resolve_roles(specs)
-    if loaded.suite.unit == "response":
-        warnings = [w for w in warnings if not w.startswith("self-play")]
-    sampling = _sampling(loaded, max_tokens, temperature)
-    if replay_client and scripted_client:
-        raise ConfigError("--replay-client and --scripted-client exclude each other")
-    if (replay_client or scripted_client) and loaded.suite.unit != "session":
+    def todo(transcript: Transcript) -> dict[Scorer, set[tuple[str, str]]]:
+        have = written.get(transcript.session_id, {})
+        wanted = {}
+        for scorer, keys in plan.expected(transcript).items():
+            need = {k for k in keys if k not in have or (rejudge_invalid and not have[k])}
+            if need:
+                wanted[scorer] = need
+        return wanted
+
+    total = done = 0
+    for transcript in store.iter_transcripts():
+        for keys in plan.expected(transcript).values():
+            total += len(keys)
+            done += sum(k in written.get(transcript.session_id, {}) and (written[transcript.session_id][k] or not rejudge_invalid) for k in keys)
+    reporter.scoring(total, done)
+
+    def pending() -> Iterator[tuple[Transcript, dict]]:
+        for transcript in store.iter_transcripts():
+            wanted = todo(transcript)
+            if wanted:
+                yield transcript, wanted
+
+    async def work(job: tuple[Transcript, dict]) -> list:
+        transcript, wanted = job
+        source = plan.suite.source(transcript.source_id)
+        from .backends.replicas import routing_key
+
+        with routing_key(transcript.session_id):  # one replica's prefix cache holds the shared transcript
+            results = await asyncio.gather(*(scorer.score(transcript, source, judge) for scorer in wanted))
+        return [row for scorer, rows in zip(wanted, results, strict=True) for row in rows
+                if (row.rubric, row.item) in wanted[scorer]]
+
+    def keep(job, rows: list) -> None:
+        store.append_scores(rows)
+        reporter.rows_scored(len(rows))
+
+    await run_bounded(pending(), work, concurrency=concurrency, on_result=keep)
+
+
+def count(store: RunDir, plan: ScoringPlan) -> tuple[RunCounts, dict[str, SessionFacts]]:
+    """What the run directory holds: one pass, the single source of the manifest's and the summary's counts."""
+    written = store.written_keys()
+    counts = RunCounts()
+    facts: dict[str, SessionFacts] = {}
+    for transcript in store.iter_transcripts():
+        have = written.get(transcript.session_id, {})
+        expected = set().union(*plan.expected(transcript).values())
+        missing = len(expected - set(have))
+        counts.sessions += 1
+        counts.sessions_scored += missing == 0
+        counts.missing_score_rows += missing
+        counts.truncated_sessions += transcript.truncated
+        reasoning = sum(t.reasoning is not None for t in transcript.turns)
+        counts.reasoning_turns += reasoning
+        facts[transcript.session_id] = SessionFacts(transcript.source_id, transcript.truncated, reasoning)
+    for rows in written.values():
+        counts.score_rows += len(rows)
+        counts.invalid_score_rows += sum(not valid for valid in rows.values())
+    return counts, facts
+
+
+def summarise_run(store: RunDir, plan: ScoringPlan, settings: JudgeSettings, *, include_flagged: bool) -> Summary:
+    counts, facts = count(store, plan)
+    loaded = plan.suite
+    summary = summarise(store.name, loaded.suite.id, [(r, loaded.applies_to(r.id)) for r in loaded.rubrics], facts,
+                        store.score_values(), counts, adherence_threshold=settings.adherence_threshold,
+                        include_flagged=include_flagged, exclude_truncated=loaded.suite.exclude_truncated)
+    summary.counts.flagged_sessions = len(summary.adherence.flagged) if summary.adherence else 0
+    store.write_summary(summary)
+    from .results import write_tables
+
+    write_tables(store.directory)
+    return summary
+
+
+# ---------------------------------------------------------------- one run
+
+@dataclass
+class _Prepared:
+    spec: EvalSpec
+    loaded: LoadedSuite
+    cases: list
+    turns: int
+    sampling: dict[str, SamplingParams]
+    settings: JudgeSettings
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare(spec: EvalSpec, reporter: Reporter | None = None) -> _Prepared:
+    """Everything that needs no model: the suite, its cases, sampling and settings, all validated."""
+    loaded = load_suite(spec.suite)
+    session = loaded.suite.unit == "session"
+    settings = JudgeSettings(min_mass=spec.judge_min_mass, check_mass=spec.judge_mass_check,
+                             adherence_threshold=spec.adherence_threshold if spec.adherence and session else None)
+    turns = loaded.suite.turns if (spec.turns is None or not session) else spec.turns
+    if (spec.replay_client or spec.scripted_client) and not session:
         raise ConfigError(f"suite '{loaded.suite.id}' has no simulated client to replay or script")
-    cases = loaded.cases(sessions)
-    in_use = list({c.persona.id: c.persona for c in cases if c.persona}.values())
-    client_source = (ReplayClient(Path(replay_client)) if replay_client
-                     else ScriptedClient(Path(scripted_client), in_use) if scripted_client else None)
-    directory = Path(out) if out else default_run_dir(loaded.suite.id, model)
-    store = RunStore(directory)
-    backends = Backends(directory, max_model_len=max_model_len, vllm_args=list(vllm_args or []),
-                         trust_remote_code=trust_remote_code)
+    warnings = []
+    if session:
+        late = schedule_problems(loaded.personas, turns)
+        if late:
+            warnings.append(f"{len(late)} persona disclosure(s) cannot be reached in {turns} turns, e.g. {late[0]}")
+    return _Prepared(spec=spec, loaded=loaded, cases=loaded.cases(spec.sessions), turns=turns, sampling=_sampling(loaded, spec),
+                     settings=settings, warnings=warnings)
 
+
+async def evaluate(spec: EvalSpec, *, backends: dict[str, Backend] | None = None, reporter: Reporter | None = None,
+                   command: list[str] | None = None) -> RunResult:
+    """Simulate the suite's sessions against the therapist model, score them, and write the run directory.
+
+    `backends`: ready backend objects for any role (they override the spec's model/endpoint for that role).
+    Use inside a running event loop (a notebook); `run` is the same for plain scripts.
+    """
+    reporter = reporter or Reporter()
+    prepared = prepare(spec, reporter)
+    if spec.lora:
+        raise ConfigError("lora: use evaluate_many (evalkit run with --lora) to evaluate several adapters")
+    return await _evaluate(prepared, backends or {}, reporter, command or sys.argv)
+
+
+def _specs(spec: EvalSpec, backends: dict[str, Backend], session: bool, options: dict | None = None) -> dict:
+    from .roles import RoleSpec
+
+    specs = {}
+    for name in ROLES:
+        config: RoleConfig = getattr(spec, name)
+        if name in backends:
+            specs[name] = RoleSpec(instance=backends[name])
+        elif config.given:
+            specs[name] = config.role_spec(options if name == "therapist" else None)
+    if not session:
+        specs.pop("client", None)
+    return specs
+
+
+async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter: Reporter, command: list[str],
+                    therapist_options: dict | None = None, context: BuildContext | None = None,
+                    out: Path | None = None) -> RunResult:
+    spec, loaded = prepared.spec, prepared.loaded
+    session = loaded.suite.unit == "session"
+    roles, _ = resolve_roles(_specs(spec, instances, session, therapist_options))
+    client_source = (ReplayClient(Path(spec.replay_client)) if spec.replay_client
+                     else ScriptedClient(Path(spec.scripted_client), list({c.persona.id: c.persona for c in prepared.cases}.values()))
+                     if spec.scripted_client else None)
+    plan = ScoringPlan.of(loaded, prepared.settings, simulated_client=not isinstance(client_source, ScriptedClient))
+    staging = Path(out or spec.out or Path("results") / ".starting")
+    owned_context = context is None
+    context = context or BuildContext(log_dir=staging, max_model_len=spec.max_model_len, vllm_args=list(spec.vllm_args),
+                                      trust_remote_code=spec.trust_remote_code, reasoning_parser=spec.reasoning_parser)
+    backends = RoleBackends(context)
+    store: RunDir | None = None
     manifest: Manifest | None = None
     try:
-        # Endpoint roles are cheap to check and name their model, which the configuration needs.
+        # Endpoints are cheap to check and name their model, which the configuration needs; local models are
+        # hashed already. Managed servers start only once the directory is known to accept the run.
         for role in roles.values():
-            if role.kind == "openai":
-                role.backend = await backends.build(role)
-                role.identity = role_identity(role, role.backend)
-        config = _config(loaded, roles, turns, sampling, judge_settings)
-        config.client_mode = client_source.mode if client_source else "simulated"
-        validation = _judge_validation(Path(judge_validation), config.roles["judge"]) if judge_validation else None
-        previous = store.prepare(config, resume=resume)
+            if role.kind in ("openai", "mock") or role.spec.instance is not None:
+                await backends.bind(role)
+        self_play, self_judged, role_warnings = self_play_warnings(roles, has_client=session and client_source is None)
+        client_mode = client_source.mode if client_source else "simulated"
+        config = _config(loaded, roles, prepared.turns, prepared.sampling, prepared.settings, plan, client_mode, spec.seed)
+        directory = Path(out or spec.out or default_run_dir(loaded.suite.id, roles["therapist"].spec.model or
+                                                              (roles["therapist"].backend.info.model if roles["therapist"].backend else None), config))
+        validation = _judge_validation(Path(spec.judge_validation), config.roles["judge"]) if spec.judge_validation else None
+        store = RunDir(directory)
+        previous = store.prepare(config, resume=spec.resume)
+        context.log_dir = directory
+        warnings = [*prepared.warnings, *role_warnings]
         for warning in warnings:
-            console.print(f"[bold yellow]warning:[/bold yellow] {escape(warning)}")
+            reporter.warn(warning)
         for role in roles.values():
-            role.backend = role.backend or await backends.build(role)
+            if role.backend is None:
+                await backends.bind(role)
+        if previous is None:
+            store.write_inputs(loaded)
         manifest = Manifest(
-            evalkit_version=__version__, run_id=directory.name, status="running",
-            command=command or sys.argv, git_commit=git_commit(), config=config,
-            config_sha256=hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
-            roles={name: _role_record(role) for name, role in roles.items()},
-            self_play=roles["client"].defaulted and loaded.suite.unit == "session", self_judged=roles["judge"].defaulted,
-            sessions_requested=max(len(cases), previous.sessions_requested if previous else 0),
+            evalkit_version=__version__, run_id=directory.name, status="running", command=command, git_commit=git_commit(),
+            config=config, config_sha256=hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
+            roles={name: _role_record(role, prepared.sampling) for name, role in roles.items()},
+            self_play=self_play, self_judged=self_judged,
+            sessions_requested=max(len(prepared.cases), previous.sessions_requested if previous else 0),
             started_at=previous.started_at if previous else datetime.now(timezone.utc),
-            host=host_info(), warnings=warnings, judge_validation=validation,
-        )
+            host=host_info(), warnings=warnings, judge_validation=validation)
         store.write_manifest(manifest)
-        simulated = SimulatedClient(roles["client"].backend, sampling["client"])
-        if isinstance(client_source, ReplayClient):
-            client_source.fallback = simulated
-        summary = await _simulate_and_judge(loaded, roles, client_source or simulated, store, cases, turns, sampling,
-                                            concurrency, judge_concurrency, judge_settings, show_progress, directory.name)
+        if session:
+            simulated = SimulatedClient(roles["client"].backend, prepared.sampling["client"])
+            if isinstance(client_source, ReplayClient):
+                client_source.fallback = simulated
+            await simulate(loaded, store, prepared.cases, therapist=roles["therapist"].backend, client=client_source or simulated,
+                           turns=prepared.turns, sampling=prepared.sampling["therapist"], concurrency=spec.concurrency, reporter=reporter)
+        else:
+            await simulate(loaded, store, prepared.cases, therapist=roles["therapist"].backend, client=None, turns=1,
+                           sampling=prepared.sampling["therapist"], concurrency=spec.concurrency, reporter=reporter)
+        judge = Judge(roles["judge"].backend, prepared.settings, concurrency=spec.judge_concurrency)
+        await score(store, plan, judge, concurrency=spec.concurrency, reporter=reporter, rejudge_invalid=spec.rejudge_invalid)
+        summary = summarise_run(store, plan, prepared.settings, include_flagged=spec.include_flagged)
+        manifest = _finish(store, manifest, "complete", roles, summary.counts)
     except BackendUnavailable as exc:
-        if manifest:
-            _finish(store, manifest, "interrupted", roles)
+        if manifest and store:
+            _finish(store, manifest, "interrupted", roles, None)
         why = backends.explain_failure() or str(exc)
-        done = len(store.sources())
-        raise RunInterrupted(f"{why}. {done} of {len(cases)} sessions finished and are kept in {directory}; "
-                             f"re-run the same command with --resume to continue") from None
+        where = f"; {len(store.sources())} of {len(prepared.cases)} sessions are kept in {store.directory}" if store and manifest else ""
+        raise RunInterrupted(f"{why}{where}; re-run the same command to continue") from None
+    except StorageError as exc:
+        if manifest and store:
+            _finish(store, manifest, "interrupted", roles, None)
+        raise RunInterrupted(f"{exc}; everything written before is intact, re-run the same command once the problem "
+                             "is solved to continue") from None
     except BaseException:
-        if manifest:
-            _finish(store, manifest, "interrupted", roles)
+        if manifest and store:
+            _finish(store, manifest, "interrupted", roles, None)
+        raise
+    finally:
+        if owned_context:
+            await backends.close()
+        reporter.close()
+    if spec.report:
+        from .report import build_report
+
+        build_report([store.directory])
+    return RunResult(directory=store.directory, manifest=manifest, summary=summary)
+
+
+def _finish(store: RunDir, manifest: Manifest, status: str, roles: dict[str, Role], counts: RunCounts | None) -> Manifest:
+    """Write the manifest's final status (best effort when the run is failing: the original error matters more)."""
+    records = {name: record.model_copy(update={"replicas": roles[name].backend.info.replicas})  # type: ignore[union-attr]
+               if record.replicas and name in roles and roles[name].backend else record for name, record in manifest.roles.items()}
+    update: dict[str, Any] = {"status": status, "ended_at": datetime.now(timezone.utc), "roles": records}
+    if counts is not None:
+        update["counts"] = counts
+    finished = manifest.model_copy(update=update)
+    try:
+        store.write_manifest(finished)
+    except StorageError:
+        if status == "complete":
+            raise
+    return finished
+
+
+# ---------------------------------------------------------------- several checkpoints, rescoring
+
+async def evaluate_many(specs: list[EvalSpec], *, reporter: Reporter | None = None,
+                        command: list[str] | None = None) -> list[RunResult]:
+    """Several runs, one after another: each spec, and for a spec with `lora`, each adapter of its base model,
+    all served by one managed vLLM server (`--enable-lora`), each into its own run directory."""
+    reporter = reporter or Reporter()
+    results = []
+    for spec in specs:
+        if not spec.lora:
+            results.append(await evaluate(spec, reporter=reporter, command=command))
+            continue
+        results += await _evaluate_adapters(spec, reporter, command or sys.argv)
+    return results
+
+
+async def _evaluate_adapters(spec: EvalSpec, reporter: Reporter, command: list[str]) -> list[RunResult]:
+    from .backends.base import BackendSpec, build_backend
+    from .backends.openai_http import OpenAIBackend
+    from .provenance import hash_model_dir
+    from .roles import check_model_path
+
+    base_model = spec.therapist.model
+    if not base_model or spec.therapist.backend not in ("auto", "vllm"):
+        raise ConfigError("lora: give the base model's local path as the therapist model (served by a managed vLLM server)")
+    base = check_model_path(base_model, "therapist model")
+    adapters = {name: check_model_path(path, f"lora {name}") for name, path in spec.lora.items()}
+    if base is None or any(path is None for path in adapters.values()):
+        raise ConfigError("lora: the base model and every adapter must be local folders")
+    base_hash = hash_model_dir(base)
+    staging = Path(spec.out or "results")
+    context = BuildContext(log_dir=staging, max_model_len=spec.max_model_len, vllm_args=list(spec.vllm_args),
+                           trust_remote_code=spec.trust_remote_code, reasoning_parser=spec.reasoning_parser)
+    server = await build_backend(BackendSpec(kind="vllm", model=str(base), model_hash=base_hash,
+                                             options={"lora_modules": {n: str(p) for n, p in adapters.items()}}), context)
+    results = []
+    try:
+        for name, path in adapters.items():
+            adapter = await OpenAIBackend.connect(server.base_url, name, kind="vllm-lora", timeouts=server.timeouts,  # type: ignore[attr-defined]
+                                                  send_seed=server.send_seed)  # type: ignore[attr-defined]
+            adapter.info.model_path = str(path)
+            adapter.info.model_hash = hashlib.sha256((base_hash + hash_model_dir(path)).encode()).hexdigest()
+            sub = spec.model_copy(update={"lora": {}, "therapist": RoleConfig(model=name), "out": (Path(spec.out) / name) if spec.out else None})
+            try:
+                results.append(await _evaluate(prepare(sub, reporter), {"therapist": adapter}, reporter, command, context=context))
+            finally:
+                await adapter.aclose()
+    finally:
+        await server.aclose()
+        while context.closers:
+            context.closers.pop()()
+    return results
+
+
+async def rescore(source: str | Path, *, judge: RoleConfig | Backend, out: str | Path, rubrics: list[str] | None = None,
+                  judge_min_mass: float = 0.5, judge_mass_check: bool = True, adherence: bool = True,
+                  judge_concurrency: int = 64, concurrency: int = 16, rejudge_invalid: bool = False,
+                  reporter: Reporter | None = None, command: list[str] | None = None, report: bool = True) -> RunResult:
+    """Re-judge a stored run's transcripts (all its scorers, or only `rubrics`) into a new run directory.
+
+    The new run carries the same transcripts and inputs, names the source run and the new judge in its manifest,
+    and resumes like `run` when the same command is given again.
+    """
+    from dataclasses import replace as dc_replace
+
+    from .roles import RoleSpec
+
+    reporter = reporter or Reporter()
+    source_dir = RunDir(source)
+    source_manifest = source_dir.require_manifest()
+    loaded = source_dir.suite()
+    if rubrics:
+        unknown = sorted(set(rubrics) - {r.id for r in loaded.rubrics})
+        if unknown:
+            raise ConfigError(f"rubric {unknown[0]}: not a rubric of {source_dir.directory} ({', '.join(r.id for r in loaded.rubrics)})")
+        keep = [(u, r) for u, r in zip(loaded.suite.rubrics, loaded.rubrics, strict=True) if r.id in rubrics]
+        loaded = dc_replace(loaded, suite=loaded.suite.model_copy(update={"rubrics": [u for u, _ in keep]}), rubrics=[r for _, r in keep])
+    out_dir = RunDir(out)
+    if out_dir.directory.resolve() == source_dir.directory.resolve():
+        raise ConfigError(f"out {out}: is the source run; rescore writes a new run directory")
+    session = loaded.suite.unit == "session"
+    old = source_manifest.config
+    settings = JudgeSettings(min_mass=judge_min_mass, check_mass=judge_mass_check,
+                             adherence_threshold=(old.adherence_threshold or 0.8) if adherence and session else None)
+    spec = RoleSpec(instance=judge) if not isinstance(judge, RoleConfig) else judge.role_spec()
+    roles, _ = resolve_roles({"therapist": spec})
+    role = roles["therapist"]
+    role.name = "judge"
+    backends = RoleBackends(BuildContext(log_dir=out_dir.directory))
+    plan = ScoringPlan.of(loaded, settings, simulated_client=not old.client_mode.startswith("scripted"))
+    manifest = None
+    try:
+        await backends.bind(role)
+        config = old.model_copy(update={"rubrics": [ContentRef(id=r.id, version=r.version, sha256=r.content_hash) for r in loaded.rubrics],
+                                        "scorers": plan.describe(), "judge_method": settings.method,
+                                        "adherence_threshold": settings.adherence_threshold,
+                                        "roles": {**old.roles, "judge": role.identity}})
+        previous = out_dir.prepare(config, resume=False)
+        if previous is None:
+            out_dir.write_inputs(loaded)
+            from .fileio import append_lines
+
+            append_lines(out_dir.path("transcripts.jsonl"), [t.model_dump_json() for t in source_dir.iter_transcripts()])
+        judge_record = RoleRecord(**role.backend.info.model_dump(), identity=role.identity)  # type: ignore[union-attr]
+        therapist = source_manifest.roles["therapist"].identity or old.roles["therapist"]
+        manifest = source_manifest.model_copy(update={
+            "evalkit_version": __version__, "run_id": out_dir.name, "status": "running", "command": command or sys.argv,
+            "git_commit": git_commit(), "config": config, "config_sha256": hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
+            "roles": {**source_manifest.roles, "judge": judge_record}, "self_judged": role.identity == therapist,
+            "started_at": previous.started_at if previous else datetime.now(timezone.utc), "ended_at": None,
+            "host": host_info(), "rescored_from": str(source_dir.directory.resolve()), "judge_validation": None})
+        out_dir.write_manifest(manifest)
+        await score(out_dir, plan, Judge(role.backend, settings, concurrency=judge_concurrency), concurrency=concurrency,  # type: ignore[arg-type]
+                    reporter=reporter, rejudge_invalid=rejudge_invalid)
+        summary = summarise_run(out_dir, plan, settings, include_flagged=False)
+        manifest = _finish(out_dir, manifest, "complete", roles, summary.counts)
+    except BaseException:
+        if manifest is not None:
+            _finish(out_dir, manifest, "interrupted", roles, None)
         raise
     finally:
         await backends.close()
-    manifest = _finish(store, manifest, "complete", roles)
-    names = {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in loaded.rubrics}
-    from .report import build_report
+        reporter.close()
+    if report:
+        from .report import build_report
 
-    report = build_report([directory])
-    if show_progress:
-        print_summary(summary, names)
-        console.print(f"results: [bold]{escape(str(directory))}[/bold] · report: [bold]{escape(str(report))}[/bold]")
-    return RunResult(directory=directory, manifest=manifest, summary=summary)
+        build_report([out_dir.directory])
+    return RunResult(directory=out_dir.directory, manifest=manifest, summary=summary)
 
 
-def _finish(store: RunStore, manifest: Manifest, status: str, roles: dict[str, Role]) -> Manifest:
-    scores = store.score_values()
-    # Replica request counts and failures are known only now.
-    records = {name: record.model_copy(update={"replicas": roles[name].backend.info.replicas})  # type: ignore[union-attr]
-               if record.replicas else record for name, record in manifest.roles.items()}
-    manifest = manifest.model_copy(update={"status": status, "ended_at": datetime.now(timezone.utc), "roles": records, "counts": {
-        "sessions": len(store.sources()), "sessions_judged": len(scores),
-        "item_scores": sum(len(rows) for rows in scores.values()),
-        "invalid_item_scores": sum(not r.valid for rows in scores.values() for r in rows)}})
-    store.write_manifest(manifest)
-    return manifest
+# ---------------------------------------------------------------- convenience forms
+
+_ROLE_KEYS = {"model", "endpoint", "api_key_env", "backend"}
 
 
-@functools.wraps(run_async, assigned=("__doc__", "__annotations__"))
-def run(*args, **kwargs) -> RunResult:
-    return asyncio.run(run_async(*args, **kwargs))
+def spec_from_kwargs(model: str | None = None, suite: str = "act-fm", **kwargs: Any) -> tuple[EvalSpec, dict[str, Backend]]:
+    """`run(model, suite, endpoint=..., client=RoleSpec|Backend|dict, judge=..., sessions=...)` as an EvalSpec."""
+    from .roles import RoleSpec
+
+    instances: dict[str, Backend] = {}
+    fields: dict[str, Any] = {"suite": suite}
+    therapist = {k: kwargs.pop(k) for k in list(kwargs) if k in _ROLE_KEYS and kwargs[k] is not None}
+    if isinstance(model, str) or model is None:
+        fields["therapist"] = {"model": model, **therapist}
+    else:
+        instances["therapist"] = model
+    for name in ("client", "judge"):
+        value = kwargs.pop(name, None)
+        if value is None:
+            continue
+        if isinstance(value, RoleSpec):
+            if value.instance is not None:
+                instances[name] = value.instance
+            else:
+                fields[name] = {"model": value.model, "endpoint": list(value.endpoints), "api_key_env": value.api_key_env,
+                                "backend": value.backend}
+        elif isinstance(value, dict):
+            fields[name] = value
+        else:
+            instances[name] = value
+    settings = kwargs.pop("judge_settings", None)
+    if settings is not None:
+        fields.update(judge_min_mass=settings.min_mass, judge_mass_check=settings.check_mass,
+                      adherence=settings.adherence_threshold is not None,
+                      adherence_threshold=settings.adherence_threshold if settings.adherence_threshold is not None else 0.8)
+    kwargs.pop("show_progress", None)
+    fields.update(kwargs)
+    if instances.get("therapist") is not None and "therapist" not in fields:
+        fields["therapist"] = {"model": instances["therapist"].info.model, "backend": instances["therapist"].info.kind}
+    elif "therapist" in instances:
+        fields["therapist"] = {"model": instances["therapist"].info.model, "backend": instances["therapist"].info.kind}
+    from pydantic import ValidationError
+
+    from ._yaml import describe_validation_error
+
+    try:
+        return EvalSpec.model_validate(fields), instances
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error("run", exc)) from None
 
 
-async def _simulate_and_judge(loaded, roles, client_source, store, cases, turns, sampling, concurrency,
-                              judge_concurrency, judge_settings, show_progress, run_id) -> Summary:
-    # Transcripts are streamed from disk between stages and never all held at once: memory stays flat
-    # however many sessions a run has.
-    done = set(store.sources())
-    todo = (case for case in cases if case.session_id not in done)
-    items_per_session = sum(len(r.items) for r in loaded.rubrics)
-    with RunProgress(sessions=len(cases), judge_items=len(cases) * items_per_session, enabled=show_progress) as progress:
-        progress.skip_sessions(len(done))
-        engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt,
-                               turns=turns, therapist=roles["therapist"].backend, client=client_source,
-                               therapist_sampling=sampling["therapist"], progress=progress)
+async def run_async(model: Any = None, suite: str = "act-fm", *, reporter: Reporter | None = None, **kwargs: Any) -> RunResult:
+    """Keyword form of `evaluate`: `model` is a path/name or a backend object; client/judge a RoleSpec, backend or dict."""
+    command = kwargs.pop("command", None)
+    spec, instances = spec_from_kwargs(model, suite, **kwargs)
+    return await evaluate(spec, backends=instances, reporter=reporter, command=command)
 
-        def keep(case, transcript):
-            store.append_transcript(transcript)
-            progress.session_done(transcript)
 
-        await run_bounded(todo, engine.run_case, concurrency=concurrency, on_result=keep)
+def run(model: Any = None, suite: str = "act-fm", **kwargs: Any) -> RunResult:
+    """`run_async` for plain scripts (not inside a running event loop)."""
+    return asyncio.run(run_async(model, suite, **kwargs))
 
-        scored = store.scored_sessions()
-        progress.start_judging(len(scored) * items_per_session)
-        judge = Judge(roles["judge"].backend, judge_settings, concurrency=judge_concurrency)
 
-        def record(transcript, rows):
-            store.append_scores(rows)
-            progress.items_judged(len(rows))
+def rescore_sync(*args: Any, **kwargs: Any) -> RunResult:
+    return asyncio.run(rescore(*args, **kwargs))
 
-        unjudged = (t for t in store.iter_transcripts() if t.session_id not in scored)
-        await run_bounded(unjudged, lambda t: judge.score_transcript(t, loaded.rubrics),
-                          concurrency=concurrency, on_result=record)
-        threshold = judge_settings.adherence_threshold
-        if threshold is not None:
-            personas = {p.id: p for p in loaded.personas}
-            checked = set(store.adherence())
-            sessions = len(store.sources())
-            progress.start_adherence(sessions, already=len(checked))
 
-            def keep_adherence(transcript, row):
-                store.append_adherence(row)
-                progress.adherence_done()
-
-            unchecked = (t for t in store.iter_transcripts() if t.session_id not in checked)
-            await run_bounded(unchecked, lambda t: check_session(judge.backend, personas[t.source_id], t, threshold),
-                              concurrency=concurrency, on_result=keep_adherence)
-    summary = summarise(run_id, loaded.suite.id, loaded.rubrics, store.sources(), store.score_values(),
-                        store.adherence(), judge_settings.adherence_threshold)
-    store.write_summary(summary)
-    return summary
+rescore_async = rescore
+__all__ = ["RunResult", "ScoringPlan", "evaluate", "evaluate_many", "prepare", "rescore", "run", "run_async", "score",
+           "simulate", "summarise_run"]
+_ = EvalkitError

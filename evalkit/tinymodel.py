@@ -40,17 +40,10 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_model(out: Path | None = None, *, vocab_size: int = 1024, seed: int = 0) -> Path:
-    """Write a tiny Llama (2 layers, hidden 128, head_dim 64) and its tokenizer to `out`; reuse a finished build."""
-    import torch
+def _build_tokenizer(vocab_size: int):
+    """The byte-level BPE tokenizer, trained on the spot on `_corpus()`, with the chat template set."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = Path(out) if out else default_cache_dir()
-    marker = out / "evalkit-tiny-model.json"
-    if marker.exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -70,10 +63,14 @@ def build_tiny_model(out: Path | None = None, *, vocab_size: int = 1024, seed: i
         unk_token=None,
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
+    return fast
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+
+def _llama_config(fast, **extra):
+    """The tiny Llama's shape: 2 layers, hidden 128, 2 heads of 64 (the CPU attention rejects head_dim 16)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(fast),
         hidden_size=128,
         intermediate_size=256,
@@ -86,8 +83,60 @@ def build_tiny_model(out: Path | None = None, *, vocab_size: int = 1024, seed: i
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
         torch_dtype="float32",
+        **extra,
     )
-    model = LlamaForCausalLM(config).to(torch.float32)
+
+
+def build_tiny_model(out: Path | None = None, *, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """Write a tiny Llama (2 layers, hidden 128, head_dim 64) and its tokenizer to `out`; reuse a finished build."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = Path(out) if out else default_cache_dir()
+    marker = out / "evalkit-tiny-model.json"
+    if marker.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+
+    fast = _build_tokenizer(vocab_size)
+    fast.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_llama_config(fast)).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
     marker.write_text(json.dumps({"recipe": BUILD_VERSION, "vocab_size": len(fast), "seed": seed}))
+    return out
+
+
+REWARD_HEAD_STD = 0.25  # the score head's init; the default 0.02 leaves rewards of different replies ~1e-3 apart
+
+
+def default_reward_cache_dir() -> Path:
+    return default_cache_dir().with_name(f"tiny-llama-reward-v{BUILD_VERSION}")
+
+
+def build_tiny_reward_model(out: Path | None = None, seed: int = 0, *, vocab_size: int = 1024) -> Path:
+    """Write a tiny random `LlamaForSequenceClassification` reward model (one label) to `out`; reuse a finished build.
+
+    The same shape, tokenizer and chat template as `build_tiny_model`, so the chat template renders a conversation
+    exactly as for the chat model; `pad_token_id` is set (transformers needs it to find the last token of a padded
+    batch). vLLM serves it with `--runner pooling --convert classify` (backends/reward.py)."""
+    out = Path(out) if out else default_reward_cache_dir()
+    marker = out / "evalkit-tiny-reward-model.json"
+    if marker.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    fast = _build_tokenizer(vocab_size)
+    fast.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(_llama_config(fast, num_labels=1)).to(torch.float32)
+    with torch.no_grad():
+        model.score.weight.normal_(0.0, REWARD_HEAD_STD)
+    model.save_pretrained(out, safe_serialization=True)
+    marker.write_text(json.dumps({"recipe": BUILD_VERSION, "kind": "reward", "vocab_size": len(fast), "seed": seed}))
     return out

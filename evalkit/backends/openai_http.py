@@ -1,11 +1,15 @@
 """Any OpenAI-compatible chat endpoint: vLLM, GPT-4o, others.
 
-The wire protocol is the contract. Two vLLM extensions are used when the server is
-vLLM (it answers GET /version): `structured_outputs.choice` to restrict a judge's
-answer to the score tokens.
+The wire protocol is the contract. When the server is vLLM (it answers GET /version), a judge's answer is
+restricted to the score tokens with `structured_outputs.choice`; because vLLM applies that constraint to the
+logits before computing any logprobs (raw or processed), a second, unconstrained request for the same prompt
+reads how much probability the model itself put on the score tokens. It shares the whole prompt with the
+first, so the prefix cache serves it (benchmarks/judge_mass.py measures the cost).
 
-Requests go through aiohttp, the client vLLM's own benchmark uses: with httpx's connection pool the
-same load drove the server at about three quarters of that throughput (benchmarks/performance.py).
+Requests go through aiohttp, the client vLLM's own benchmark uses: with httpx's connection pool the same load
+drove the server at about three quarters of that throughput (benchmarks/performance.py). Failures are
+retried within a deadline (429 and 503 after the server's Retry-After), then raised as `BackendUnavailable`;
+a request the server refuses is `RequestRejected`. No API key appears in any message (evalkit.secrets).
 """
 
 from __future__ import annotations
@@ -13,62 +17,79 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
+import random
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from ..errors import BackendError, ConfigError
-from ..suites import SamplingParams
-from .base import (
-    BackendInfo,
-    BackendUnavailable,
-    ChoiceDistribution,
-    Completion,
-    ContextLengthExceeded,
-    Message,
-    RequestRejected,
-)
+from ..errors import BackendError, BackendUnavailable, ConfigError, ContextLengthExceeded, RequestRejected
+from ..secrets import api_key_from_env, scrub
+from ..types import ChoiceDistribution, Completion, Message, SamplingParams
+from .base import BackendInfo, BackendSpec, BuildContext, Timeouts
 
 CONTEXT_MARKERS = ("maximum context length", "max_model_len", "maximum model length", "context_length_exceeded", "too long")
 TOP_LOGPROBS = 20  # the OpenAI API's maximum, and vLLM's default --max-logprobs
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
 class _Transient(Exception):
-    """A failure worth retrying: 429, 5xx, a dropped connection, a reply that is not the protocol."""
+    """A failure worth retrying: 429, 5xx, a dropped connection, a timeout, a reply that is not the protocol."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
-def normalise_base_url(url: str) -> str:
-    url = url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--endpoint '{url}': expected an http:// or https:// URL")
-    return url if url.endswith("/v1") else f"{url}/v1"
+def normalise_base_url(url: str, field: str = "endpoint") -> str:
+    """The URL's /v1 base, or a one-line ConfigError naming what is wrong with it."""
+    text = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ConfigError(f"{field} '{url}': not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{field} '{url}': expected an http:// or https:// URL with a host")
+    del port
+    return text if text.endswith("/v1") else f"{text}/v1"
 
 
-def api_key_from_env(name: str | None) -> str | None:
-    if name is None:
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
         return None
-    key = os.environ.get(name)
-    if not key:
-        raise ConfigError(f"--api-key-env {name}: the environment variable {name} is not set")
-    return key
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 class OpenAIBackend:
     """Talks to `base_url` (ending in /v1) as `model`. Build it with `connect()`, which checks the endpoint."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, info: BackendInfo,
-                 timeout_s: float = 600.0, max_attempts: int = 4, server_is_vllm: bool = False):
+                 timeouts: Timeouts = Timeouts(), server_is_vllm: bool = False, send_seed: bool = True):
         self.base_url = base_url
         self.model = model
         self.info = info
         self.server_is_vllm = server_is_vllm
-        self._max_attempts = max_attempts
+        self.send_seed = send_seed
+        self.timeouts = timeouts
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10.0)
+        self._timeout = aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.first_byte)
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the running loop
 
     def _client(self) -> aiohttp.ClientSession:
@@ -79,146 +100,178 @@ class OpenAIBackend:
 
     @classmethod
     async def connect(cls, endpoint: str, model: str | None = None, *, api_key_env: str | None = None,
-                      kind: str = "openai", **kwargs: Any) -> OpenAIBackend:
+                      kind: str = "openai", timeouts: Timeouts = Timeouts(), **kwargs: Any) -> OpenAIBackend:
         base_url = normalise_base_url(endpoint)
         api_key = api_key_from_env(api_key_env)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        async with httpx.AsyncClient(headers=headers, timeout=15.0) as probe:
+        probe_timeout = aiohttp.ClientTimeout(total=min(30.0, timeouts.total), sock_connect=timeouts.connect)
+        async with aiohttp.ClientSession(headers=headers, timeout=probe_timeout) as probe:
             try:
-                response = await probe.get(f"{base_url}/models")
-            except httpx.HTTPError as exc:
-                raise BackendError(f"cannot reach endpoint {endpoint}: {_describe(exc)}") from None
-            if response.status_code in (401, 403):
-                raise BackendError(f"endpoint {endpoint} refused the API key (HTTP {response.status_code}); set --api-key-env")
-            if response.status_code != 200:
-                raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models gave HTTP {response.status_code})")
-            served = [m.get("id") for m in response.json().get("data", [])]
+                async with probe.get(f"{base_url}/models") as response:
+                    status, text = response.status, await response.text(errors="replace")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                raise BackendUnavailable(f"cannot reach endpoint {endpoint}: {_describe(exc)}") from None
+            if status in (401, 403):
+                raise BackendError(f"endpoint {endpoint} refused the API key (HTTP {status}); check api_key_env")
+            if status != 200:
+                raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models gave HTTP {status})")
+            listing = _json(text)
+            if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+                raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models did not "
+                                   f"answer a JSON object with a 'data' list: {scrub(text[:80])!r})")
+            served = [m.get("id") for m in listing["data"] if isinstance(m, dict)]
             if model is None:
                 if len(served) != 1:
-                    raise ConfigError(f"endpoint {endpoint} serves {len(served)} models ({', '.join(map(str, served[:5]))}); name one with --model")
+                    raise ConfigError(f"endpoint {endpoint} serves {len(served)} models ({', '.join(map(str, served[:5]))}); "
+                                      "name one as the model")
                 model = served[0]
             elif served and model not in served:
                 raise ConfigError(f"endpoint {endpoint} does not serve '{model}' (it serves: {', '.join(map(str, served[:5]))})")
             version = None
             try:
-                v = await probe.get(base_url.removesuffix("/v1") + "/version")
-                if v.status_code == 200:
-                    version = v.json().get("version")
-            except (httpx.HTTPError, ValueError):
+                async with probe.get(base_url.removesuffix("/v1") + "/version") as v:
+                    body = _json(await v.text()) if v.status == 200 else None
+                    version = body.get("version") if isinstance(body, dict) else None
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
-        info = BackendInfo(kind=kind, model=model, endpoint=endpoint, api_key_env=api_key_env,  # type: ignore[arg-type]
+        info = BackendInfo(kind=kind, model=str(model), endpoint=endpoint, api_key_env=api_key_env,
                            server="vllm" if version else None, server_version=version)
-        return cls(base_url, model, api_key=api_key, info=info, server_is_vllm=version is not None, **kwargs)
+        return cls(base_url, str(model), api_key=api_key, info=info, server_is_vllm=version is not None,
+                   timeouts=timeouts, **kwargs)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._max_attempts),
-                wait=wait_random_exponential(multiplier=0.5, max=8.0),
-                retry=retry_if_exception_type(_Transient),
-                reraise=True,
-            ):
-                with attempt:
-                    return await self._post_once(body)
-        except _Transient as exc:
-            raise BackendUnavailable(f"endpoint {self.info.endpoint} stopped answering after {self._max_attempts} attempts: {exc}") from None
-        raise AssertionError("unreachable")
+        """POST a chat completion, retrying transient failures until the request's deadline."""
+        deadline = time.monotonic() + self.timeouts.deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._post_once(body)
+            except _Transient as exc:
+                remaining = deadline - time.monotonic()
+                wait = exc.retry_after if exc.retry_after is not None else min(8.0, 0.5 * 2 ** attempt * random.uniform(0.5, 1.0))
+                if wait >= remaining or remaining <= 0:
+                    asked = f"; the server asked to wait {exc.retry_after:g} s" if exc.retry_after else ""
+                    raise BackendUnavailable(f"endpoint {self.info.endpoint} gave up after {attempt} attempt(s) within "
+                                             f"{self.timeouts.deadline:g} s: {exc}{asked}") from None
+                await asyncio.sleep(wait)
 
     async def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self._client().post(f"{self.base_url}/chat/completions", json=body) as response:
                 status, text = response.status, await response.text(errors="replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            raise _Transient(f"no answer within the request timeout ({self.timeouts.total:g} s total, "
+                             f"{self.timeouts.first_byte:g} s to the first byte)") from None
+        except aiohttp.ClientError as exc:
             raise _Transient(_describe(exc)) from None
-        if status == 429 or status >= 500:
-            raise _Transient(f"HTTP {status}: {text[:200]}")
+        text = scrub(text)
+        if status in _RETRY_STATUSES:
+            raise _Transient(f"HTTP {status}: {text[:200]}", retry_after if status in (429, 503) else None)
         if status in (401, 403):
             raise BackendError(f"endpoint {self.info.endpoint} refused the API key (HTTP {status})")
         if status >= 400:
-            message = text[:500]
+            message = text[:300]
             if any(marker in message.lower() for marker in CONTEXT_MARKERS):
-                raise ContextLengthExceeded(message)
-            raise RequestRejected(f"HTTP {status}: {message}")
+                raise ContextLengthExceeded(f"the prompt is longer than the model's context window: {message}")
+            raise RequestRejected(f"endpoint {self.info.endpoint} rejected the request (HTTP {status}): {message}")
+        data = _json(text)
         try:
-            data = json.loads(text)
             data["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             raise _Transient(f"reply is not an OpenAI chat completion: {text[:200]!r}") from None
         return data
 
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
-        # No per-request seed: vLLM's CPU build crashes under concurrent seeded requests.
-        body = {"model": self.model, "messages": messages, **params.request_fields()}
+        body = {"model": self.model, "messages": messages, **params.request_fields(send_seed=self.send_seed)}
         start = time.perf_counter()
         data = await self._post(body)
         choice = data["choices"][0]
+        message = choice["message"]
         usage = data.get("usage") or {}
+        details = usage.get("completion_tokens_details") or {}
+        # vLLM's reasoning parsers put the thinking in `reasoning_content` (older) or `reasoning` (newer).
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
         return Completion(
-            text=choice["message"].get("content") or "",
+            text=message.get("content") or "",
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             latency_s=time.perf_counter() - start,
+            reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
+            reasoning_tokens=details.get("reasoning_tokens") if isinstance(details, dict) else None,
         )
 
-    async def choice_distribution(self, messages: list[Message], choices: list[str]) -> ChoiceDistribution:
-        # Every sampling knob set to neutral: the reported probabilities must be the model's own. vLLM fills
-        # unset knobs from the model's generation_config.json, and e.g. top_k=2 there collapses the
-        # distribution to a point mass.
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": 1,
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "presence_penalty": 0.0,
-            "frequency_penalty": 0.0,
-            "logprobs": True,
-            "top_logprobs": TOP_LOGPROBS,
-        }
+    def _judge_body(self, messages: list[Message]) -> dict[str, Any]:
+        # Every sampling knob neutral: the reported probabilities must be the model's own. vLLM fills unset
+        # knobs from the model's generation_config.json, and e.g. top_k=2 there collapses the distribution.
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 1.0,
+                                "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                                "logprobs": True, "top_logprobs": TOP_LOGPROBS}
         if self.server_is_vllm:
-            body.update(top_k=-1, min_p=0.0, repetition_penalty=1.0, structured_outputs={"choice": choices})
+            body.update(top_k=-1, min_p=0.0, repetition_penalty=1.0)
+        return body
+
+    async def _top_logprobs(self, body: dict[str, Any]) -> list[tuple[str, float]]:
         data = await self._post(body)
         try:
             top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            pairs = [(entry["token"], math.exp(entry["logprob"])) for entry in top]
+            return [(entry["token"], math.exp(entry["logprob"])) for entry in top]
         except (KeyError, IndexError, TypeError):
-            raise RequestRejected("the reply carried no top_logprobs for the first token") from None
-        return distribution_from_top_logprobs(pairs, choices, constrained_request=self.server_is_vllm)
+            raise RequestRejected("the judge's reply carried no logprobs for its first token (does the endpoint "
+                                  "support logprobs and top_logprobs?)") from None
+
+    async def choice_distribution(self, messages: list[Message], choices: list[str], *,
+                                  with_mass: bool = True) -> ChoiceDistribution:
+        body = self._judge_body(messages)
+        if not self.server_is_vllm:  # top-20 alternatives of an unconstrained answer, folded onto the choices
+            return fold_top_logprobs(await self._top_logprobs(body), choices)
+        constrained = {**body, "structured_outputs": {"choice": choices}}
+        if not with_mass:
+            return fold_top_logprobs(await self._top_logprobs(constrained), choices, constrained=True)
+        exact, free = await asyncio.gather(self._top_logprobs(constrained), self._top_logprobs(body))
+        mass = fold_top_logprobs(free, choices).mass
+        return ChoiceDistribution(probs=fold_top_logprobs(exact, choices, constrained=True).probs, mass=mass, constrained=True)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
 
-def distribution_from_top_logprobs(pairs: list[tuple[str, float]], choices: list[str], *,
-                                   constrained_request: bool) -> ChoiceDistribution:
-    """Fold the first token's top-k alternatives onto the allowed answers.
+def fold_top_logprobs(pairs: list[tuple[str, float]], choices: list[str], *, constrained: bool = False) -> ChoiceDistribution:
+    """Fold a first token's top-k alternatives onto the allowed answers.
 
-    If every alternative with non-zero probability is an allowed answer and they sum to one, the server
-    reported probabilities after applying the constraint (vLLM's processed logprobs): the mass off the
-    choices is then unknown. Otherwise the probabilities are the model's raw ones and `mass` is what the
-    allowed answers carried.
+    `mass` is the probability the alternatives that are allowed answers carried (for a constrained request it
+    is ~1 by construction and is not reported). `probs` is renormalised over the choices; empty when no
+    allowed answer had any probability.
     """
     probs = {c: 0.0 for c in choices}
-    outside = 0.0
     for token, p in pairs:
         key = token.strip()
         if key in probs:
             probs[key] += p
-        else:
-            outside += p
     mass = sum(probs.values())
-    masked = constrained_request and outside < 1e-9 and abs(mass - 1.0) < 1e-3
-    if mass > 0:
-        probs = {c: p / mass for c, p in probs.items()}
-    return ChoiceDistribution(probs=probs, mass=None if masked else mass, constrained=masked)
+    normalised = {c: p / mass for c, p in probs.items()} if mass > 0 else {}
+    return ChoiceDistribution(probs=normalised, mass=None if constrained else mass, constrained=constrained)
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, (httpx.ConnectError, aiohttp.ClientConnectorError)):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return f"connection failed ({text})"
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
-        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
     return text
+
+
+async def build(spec: BackendSpec, context: BuildContext):
+    """The `openai` kind: one endpoint, or several replicas of one model."""
+    if not spec.endpoints:
+        raise ConfigError("backend 'openai' needs an endpoint")
+    if len(spec.endpoints) > 1:
+        from .replicas import ReplicaPool
+
+        return await ReplicaPool.connect(list(spec.endpoints), spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)
+    return await OpenAIBackend.connect(spec.endpoints[0], spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)

@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
-from rich.markup import escape
-
-from ..errors import ConfigError
+from ..console import warn
+from ..errors import BackendUnavailable, ConfigError
 from ..records import ReplicaRecord
-from ..suites import SamplingParams
-from .base import Backend, BackendUnavailable, ChoiceDistribution, Completion, Message
+from ..types import ChoiceDistribution, Completion, Message, SamplingParams
+from .base import Backend, Timeouts
 from .openai_http import OpenAIBackend
 
 T = TypeVar("T")
@@ -40,7 +39,7 @@ def routing_key(key: str) -> Iterator[None]:
 class ReplicaPool:
     """A `Backend` over several replicas of one model."""
 
-    def __init__(self, replicas: list[Backend], *, warn: Callable[[str], None] | None = None):
+    def __init__(self, replicas: list[Backend], *, warn: Callable[[str], None] = warn):
         if not replicas:
             raise ValueError("a replica pool needs at least one replica")
         self.replicas = replicas
@@ -48,27 +47,27 @@ class ReplicaPool:
         self.requests = [0] * len(replicas)
         self.failures: dict[int, str] = {}
         self._pins: OrderedDict[str, int] = OrderedDict()
-        self._warn = warn or (lambda message: None)
+        self._warn = warn
         first = replicas[0].info
         self.info = first.model_copy(update={"endpoint": first.endpoint, "replicas": self.records()})
 
     @classmethod
     async def connect(cls, endpoints: list[str], model: str | None, *, api_key_env: str | None,
-                      warn: Callable[[str], None] | None = None) -> ReplicaPool:
+                      timeouts: Timeouts = Timeouts()) -> ReplicaPool:
         replicas: list[Backend] = []
         try:
             for endpoint in endpoints:
-                replicas.append(await OpenAIBackend.connect(endpoint, model, api_key_env=api_key_env))
+                replicas.append(await OpenAIBackend.connect(endpoint, model, api_key_env=api_key_env, timeouts=timeouts))
                 model = model or replicas[0].info.model
             served = {r.info.model for r in replicas}
             if len(served) > 1:
-                raise ConfigError(f"--endpoint: the replicas serve different models ({', '.join(sorted(served))}); "
+                raise ConfigError(f"endpoints: the replicas serve different models ({', '.join(sorted(served))}); "
                                   "every endpoint of one role must serve the same model under the same name")
         except BaseException:
             for replica in replicas:
                 await replica.aclose()
             raise
-        return cls(replicas, warn=warn)
+        return cls(replicas)
 
     def records(self) -> list[ReplicaRecord]:
         return [ReplicaRecord(endpoint=r.info.endpoint or "", requests=self.requests[i], failure=self.failures.get(i))
@@ -114,15 +113,11 @@ class ReplicaPool:
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
         return await self._route(lambda replica: replica.chat(messages, params))
 
-    async def choice_distribution(self, messages: list[Message], choices: list[str]) -> ChoiceDistribution:
-        return await self._route(lambda replica: replica.choice_distribution(messages, choices))
+    async def choice_distribution(self, messages: list[Message], choices: list[str], *,
+                                  with_mass: bool = True) -> ChoiceDistribution:
+        return await self._route(lambda replica: replica.choice_distribution(messages, choices, with_mass=with_mass))
 
     async def aclose(self) -> None:
         for replica in self.replicas:
             await replica.aclose()
 
-
-def console_warning(message: str) -> None:
-    from ..progress import console
-
-    console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from pathlib import Path
 
-from ..errors import BackendError
-from ..suites import SamplingParams
-from .base import BackendInfo, ChoiceDistribution, Completion, ContextLengthExceeded, Message
+from ..errors import BackendError, ContextLengthExceeded
+from ..types import ChoiceDistribution, Completion, Message, SamplingParams
+from .base import BackendInfo, BackendSpec, BuildContext
 
 
 class TransformersBackend:
@@ -19,7 +18,7 @@ class TransformersBackend:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
-            raise BackendError("the transformers backend needs evalkit[transformers] (transformers and torch)") from None
+            raise BackendError("the transformers backend needs evalkit-clinical[transformers] (transformers and torch)") from None
         self._torch = torch
         self.info = info
         self.served_name = served_name
@@ -27,8 +26,8 @@ class TransformersBackend:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code).to(device)
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"transformers could not load {model_path}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # transformers raises many kinds for a checkpoint it cannot load; none is a bug of ours
+            raise BackendError(f"transformers could not load {model_path}: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}") from None
         self.model.eval()
         self.device = device
         self.max_len = getattr(self.model.config, "max_position_embeddings", None)
@@ -86,12 +85,18 @@ class TransformersBackend:
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
         return await asyncio.to_thread(self._generate, messages, params)
 
-    async def choice_distribution(self, messages: list[Message], choices: list[str]) -> ChoiceDistribution:
+    async def choice_distribution(self, messages: list[Message], choices: list[str], *,
+                                  with_mass: bool = True) -> ChoiceDistribution:
         return await asyncio.to_thread(self._distribution, messages, choices)
 
     async def aclose(self) -> None:
         return None
 
 
-def is_local_model(path: str) -> bool:
-    return Path(path).expanduser().is_dir()
+async def build(spec: BackendSpec, context: BuildContext) -> TransformersBackend:
+    assert spec.model is not None
+    from .managed import served_name
+
+    name = served_name(spec.model)
+    info = BackendInfo(kind="transformers", model=name, model_path=spec.model, model_hash=spec.model_hash)
+    return TransformersBackend(spec.model, served_name=name, trust_remote_code=context.trust_remote_code, info=info)

@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BackendError
-from ..suites import SamplingParams
-from .base import BackendInfo, BackendUnavailable, ChoiceDistribution, Completion, ContextLengthExceeded, Message, RequestRejected
-from .openai_http import CONTEXT_MARKERS, TOP_LOGPROBS, distribution_from_top_logprobs
+from ..console import console
+from ..errors import BackendError, BackendUnavailable, ContextLengthExceeded, RequestRejected
+from ..types import ChoiceDistribution, Completion, Message, SamplingParams
+from .base import BackendInfo, BackendSpec, BuildContext
+from .openai_http import CONTEXT_MARKERS, TOP_LOGPROBS, fold_top_logprobs
 
 _SETTLE_ROUNDS = 3  # event-loop rounds with no new request before a batch is sent
 
@@ -58,7 +59,7 @@ class OfflineVLLMBackend:
         try:
             import vllm
         except ImportError:
-            raise BackendError("--backend vllm-offline needs vLLM: install evalkit[cpu] (CPU) or evalkit[vllm] (GPU)") from None
+            raise BackendError("--backend vllm-offline needs vLLM: install evalkit-clinical[cpu] (CPU) or evalkit-clinical[vllm] (GPU)") from None
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the CPU build's default does not fit a NUMA node
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury the progress display
         self._vllm = vllm
@@ -78,22 +79,34 @@ class OfflineVLLMBackend:
         sampling = self._defaults.clone()
         sampling.temperature, sampling.top_p, sampling.max_tokens = params.temperature, params.top_p, params.max_tokens
         sampling.ignore_eos = params.ignore_eos
+        if params.seed is not None:
+            sampling.seed = params.seed
         output, started = await self._submit(messages, sampling)
         out = output.outputs[0]
         return Completion(text=out.text, finish_reason=out.finish_reason, prompt_tokens=len(output.prompt_token_ids or []),
                           completion_tokens=len(out.token_ids), latency_s=time.perf_counter() - started)
 
-    async def choice_distribution(self, messages: list[Message], choices: list[str]) -> ChoiceDistribution:
+    async def choice_distribution(self, messages: list[Message], choices: list[str], *,
+                                  with_mass: bool = True) -> ChoiceDistribution:
         from vllm.sampling_params import StructuredOutputsParams
 
-        # Neutral sampling, as for a server: the probabilities must be the model's own.
-        sampling = self._vllm.SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
+        # Neutral sampling, as for a server: the probabilities must be the model's own. As with a server, the
+        # choice constraint is applied before logprobs are computed, so the mass comes from an unconstrained twin.
+        def params(constrained: bool):
+            return self._vllm.SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
                                              repetition_penalty=1.0, logprobs=TOP_LOGPROBS,
-                                             structured_outputs=StructuredOutputsParams(choice=choices))
-        output, _ = await self._submit(messages, sampling)
-        first = (output.outputs[0].logprobs or [{}])[0]
-        pairs = [(lp.decoded_token or "", math.exp(lp.logprob)) for lp in first.values()]
-        return distribution_from_top_logprobs(pairs, choices, constrained_request=True)
+                                             structured_outputs=StructuredOutputsParams(choice=choices) if constrained else None)
+
+        def pairs(output) -> list[tuple[str, float]]:
+            first = (output.outputs[0].logprobs or [{}])[0]
+            return [(lp.decoded_token or "", math.exp(lp.logprob)) for lp in first.values()]
+
+        if not with_mass:
+            output, _ = await self._submit(messages, params(True))
+            return fold_top_logprobs(pairs(output), choices, constrained=True)
+        (exact, _), (free, _) = await asyncio.gather(self._submit(messages, params(True)), self._submit(messages, params(False)))
+        return ChoiceDistribution(probs=fold_top_logprobs(pairs(exact), choices, constrained=True).probs,
+                                  mass=fold_top_logprobs(pairs(free), choices).mass, constrained=True)
 
     async def _submit(self, messages: list[Message], sampling: Any) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
@@ -144,8 +157,6 @@ class OfflineVLLMBackend:
 
     async def aclose(self) -> None:
         if self.batch_sizes:
-            from ..progress import console
-
             console.print(f"in-process vLLM: {sum(self.batch_sizes)} requests in {len(self.batch_sizes)} batches "
                           f"(largest {max(self.batch_sizes)})")
         if self._worker is not None:
@@ -156,3 +167,14 @@ class OfflineVLLMBackend:
         if callable(shutdown):
             shutdown()
 
+
+
+async def build(spec: BackendSpec, context: BuildContext) -> OfflineVLLMBackend:
+    assert spec.model is not None
+    from .managed import served_name
+
+    name = served_name(spec.model)
+    console.print(f"loading {name} into vLLM in-process", markup=False)
+    info = BackendInfo(kind="vllm-offline", model=name, model_path=spec.model, model_hash=spec.model_hash)
+    return OfflineVLLMBackend(spec.model, info=info, vllm_args=context.vllm_args, max_model_len=context.max_model_len,
+                              trust_remote_code=context.trust_remote_code)

@@ -18,6 +18,7 @@ from ..loaders import PreferencePair
 from ..records import Transcript, Turn
 from ..rubrics import load_rubric
 from ..statistics.winrate import win_summary
+from .judge import Judge, JudgeSettings
 from .pairwise import judge_pair, pair_outcome
 
 
@@ -37,18 +38,17 @@ def summarise(outcomes: list[str | None]) -> dict[str, Any]:
             "tie_rate": ties / len(decided) if decided else None, "correct": wins, "wrong": losses, "ties": ties}
 
 
-async def llm_judge_preference(backend, pairs: list[PreferencePair], concurrency: int = 32) -> dict[str, Any]:
+async def llm_judge_preference(judge: Judge, pairs: list[PreferencePair]) -> dict[str, Any]:
+    """The judge (its concurrency budget and probability rule included) on every pair, in both orders."""
     rubric = load_rubric("psychocounsel")
-    slots = asyncio.Semaphore(concurrency)
 
     async def one(i: int, pair: PreferencePair):
-        async with slots:
-            return await judge_pair(backend, rubric, f"pair-{i}", ("chosen", _transcript(f"pair-{i}", pair.question, pair.chosen)),
-                                    ("rejected", _transcript(f"pair-{i}", pair.question, pair.rejected)))
+        return await judge_pair(judge, rubric, f"pair-{i}", ("chosen", _transcript(f"pair-{i}", pair.question, pair.chosen)),
+                                ("rejected", _transcript(f"pair-{i}", pair.question, pair.rejected)))
 
     verdicts = await asyncio.gather(*(one(i, p) for i, p in enumerate(pairs, start=1)))
     outcomes = [pair_outcome(v) for v in verdicts]
-    return {"judge": backend.info.model, "kind": "llm-judge, both orders", **summarise(outcomes),
+    return {"judge": judge.name, "kind": "llm-judge, both orders", **summarise(outcomes),
             "verdicts": [v.model_dump() for pair in verdicts for v in pair]}
 
 
@@ -57,7 +57,7 @@ def reward_model_preference(model_path: str, pairs: list[PreferencePair], *, tru
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
-        raise EvalkitError("reward models need evalkit[transformers] (transformers and torch)") from None
+        raise EvalkitError("reward models need evalkit-clinical[transformers] (transformers and torch)") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(model_path, trust_remote_code=trust_remote_code).eval()
@@ -78,10 +78,77 @@ def reward_model_preference(model_path: str, pairs: list[PreferencePair], *, tru
             "rewards": [{"chosen": c, "rejected": r} for c, r in rewards]}
 
 
+async def reward_server_preference(client, pairs: list[PreferencePair], *, concurrency: int = 16) -> dict[str, Any]:
+    """`reward_model_preference` through a vLLM reward server (a `backends.reward.RewardClient`): the same report.
+
+    Each reply is scored as the conversation [user: question, assistant: reply], the chat template applied by
+    the server; the higher reward wins. A pair the server refuses (e.g. longer than its context window) is
+    invalid, with the reason in its `rewards` entry; a server that stops answering ends the evaluation.
+    """
+    from ..errors import RequestRejected
+
+    slots = asyncio.Semaphore(concurrency)
+
+    async def reward(question: str, reply: str) -> float:
+        async with slots:
+            return await client.reward([{"role": "user", "content": question}, {"role": "assistant", "content": reply}])
+
+    async def one(pair: PreferencePair) -> tuple[float, float] | RequestRejected:
+        try:
+            chosen, rejected = await asyncio.gather(reward(pair.question, pair.chosen), reward(pair.question, pair.rejected))
+        except RequestRejected as exc:
+            return exc
+        return chosen, rejected
+
+    tasks = [asyncio.ensure_future(one(p)) for p in pairs]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:  # the server stopped answering: stop the requests still in flight
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    outcomes: list[str | None] = []
+    rewards: list[dict[str, Any]] = []
+    for result in results:
+        if isinstance(result, RequestRejected):
+            outcomes.append(None)
+            rewards.append({"chosen": None, "rejected": None, "error": str(result)})
+            continue
+        c, r = result
+        outcomes.append("win" if c > r else "loss" if c < r else "tie")
+        rewards.append({"chosen": c, "rejected": r})
+    return {"judge": client.info.model, "kind": "reward model (vLLM)", **summarise(outcomes), "rewards": rewards}
+
+
 def write(report: dict[str, Any], out: Path) -> Path:
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
+    from ..fileio import ensure_directory, write_atomic
+
+    ensure_directory(out, "out")
     path = out / "eval-pref.json"
-    path.write_text(json.dumps({"created_at": datetime.now(timezone.utc).isoformat(), **report}, indent=2))
+    write_atomic(path, json.dumps({"created_at": datetime.now(timezone.utc).isoformat(), **report}, indent=2))
     return path
+
+
+async def evaluate_preference(data: Path, out: Path, *, judge=None, reward_model: Path | None = None,
+                              reward_endpoint: str | None = None, limit: int | None = None,
+                              min_mass: float = 0.5) -> tuple[dict[str, Any], Path]:
+    """`judge eval-pref`: one of an LLM judge (RoleSpec), an in-process reward model, or a vLLM reward server."""
+    from ..loaders import load_psychocounsel_preference
+
+    pairs = load_psychocounsel_preference(data)[:limit]
+    if reward_model is not None:
+        report = reward_model_preference(str(reward_model), pairs)
+    elif reward_endpoint is not None:
+        from ..backends.reward import RewardClient
+
+        async with RewardClient.connect(reward_endpoint) as client:
+            report = await reward_server_preference(client, pairs)
+    else:
+        from ..roles import judge_backend
+
+        async with judge_backend(judge, out) as (backend, _):
+            report = await llm_judge_preference(Judge(backend, JudgeSettings(min_mass=min_mass, adherence_threshold=None)), pairs)
+    return report, write(report, out)

@@ -53,7 +53,7 @@ def train_judge(ratings: Path, base: str, out: Path, *, full: bool = False, epoc
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
     except ImportError:
-        raise EvalkitError("judge train needs evalkit[transformers] (transformers, torch, peft)") from None
+        raise EvalkitError("judge train needs evalkit-clinical[transformers] (transformers, torch, peft)") from None
     examples, materials = _examples(ratings)
     train_ids, val_ids = split_by_material(materials, validation_fraction, seed)
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -27,11 +27,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .._yaml import describe_validation_error
 from ..errors import ConfigError
+from ..fileio import ensure_directory, read_text, write_atomic
 from ..records import Transcript, Turn
 from ..rubrics import Rubric, load_rubric
+from ..rundir import RunDir
 from ..statistics.agreement import bootstrap_ci, human_human, judge_human
-from ..store import RunStore
 from .judge import Judge, JudgeSettings
+from .scorer import RubricScorer
 
 
 class RatingRow(BaseModel):
@@ -55,10 +57,7 @@ class RatingRow(BaseModel):
 
 def load_ratings(path: Path) -> tuple[list[RatingRow], dict[str, Transcript], dict[str, Rubric]]:
     rows, rubrics, materials = [], {}, {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = read_text(path, what="ratings file").split("\n")
     now = datetime.now(timezone.utc)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -84,7 +83,7 @@ def load_ratings(path: Path) -> tuple[list[RatingRow], dict[str, Transcript], di
                                                     source_id=row.material_id, replicate=0, turns=row.turns,
                                                     stop_reason="max_turns", started_at=now, ended_at=now)
         elif row.run and row.material_id not in materials:
-            stored = RunStore(Path(row.run)).transcripts().get(row.session_id or "")
+            stored = RunDir(Path(row.run)).transcripts().get(row.session_id or "")
             if stored is None:
                 raise ConfigError(f"{path}:{number}: field 'session_id': {row.session_id} is not in {row.run}")
             materials[row.material_id] = stored
@@ -115,8 +114,14 @@ def _scope_stats(judge: np.ndarray, humans: np.ndarray, levels: list[int] | None
 async def _judge_scores(judge: Judge, rows: list[RatingRow], materials: dict[str, Transcript],
                         rubrics: dict[str, Rubric]) -> dict[tuple[str, str, str], float | None]:
     wanted = sorted({(r.material_id, r.rubric, r.item) for r in rows})
-    scored = await asyncio.gather(*(judge.score_item(rubrics[rb], rubrics[rb].item(it), materials[m]) for m, rb, it in wanted))
-    return {key: (s.expected if s.valid else None) for key, s in zip(wanted, scored, strict=True)}
+    by_material: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for m, rb, it in wanted:
+        by_material[(m, rb)].add(it)
+    scorers = {rb: RubricScorer(rubric) for rb, rubric in rubrics.items()}
+    # Exactly the run's scoring path: the rubric scorer, the judge's budget and probability rule.
+    results = await asyncio.gather(*(scorers[rb].score(materials[m], None, judge) for m, rb in by_material))
+    scored = {(m, rb, row.item): row for (m, rb), rows_ in zip(by_material, results, strict=True) for row in rows_}
+    return {key: (scored[key].expected if scored[key].valid else None) for key in wanted}
 
 
 def validation_report(rows: list[RatingRow], materials: dict[str, Transcript], rubrics: dict[str, Rubric],
@@ -170,22 +175,22 @@ def _repeat_variability(first: dict, repeats: list[dict]) -> dict[str, Any] | No
 
 
 async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 1000, seed: int = 0,
-                         repeats: int = 1) -> dict[str, Any]:
+                         repeats: int = 1, min_mass: float = 0.5) -> dict[str, Any]:
     """Score the rated material with the judge, compute agreement, and write `out/validation.json`."""
     from ..roles import judge_backend
 
     rows, materials, rubrics = load_ratings(ratings)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out, "out")
     async with judge_backend(judge_spec, out) as (backend, identity):
-        judge = Judge(backend, JudgeSettings(adherence_threshold=None))
+        judge = Judge(backend, JudgeSettings(min_mass=min_mass, adherence_threshold=None))
         scores = await _judge_scores(judge, rows, materials, rubrics)
         again = [await _judge_scores(judge, rows, materials, rubrics) for _ in range(repeats - 1)]
     report = {"created_at": datetime.now(timezone.utc).isoformat(),
               "judge": {"model": backend.info.model, "identity": identity, "server": backend.info.server,
                         "server_version": backend.info.server_version},
-              "ratings_file": str(ratings), "ratings_sha256": hashlib.sha256(ratings.read_bytes()).hexdigest(),
+              "ratings_file": str(ratings), "ratings_sha256": hashlib.sha256(read_text(ratings).encode()).hexdigest(),
               "bootstrap": {"rounds": rounds, "seed": seed, "unit": "material"},
               "repeat_variability": _repeat_variability(scores, again),
               **validation_report(rows, materials, rubrics, scores, rounds=rounds, seed=seed)}
-    (out / "validation.json").write_text(json.dumps(report, indent=2))
+    write_atomic(out / "validation.json", json.dumps(report, indent=2))
     return report

@@ -12,6 +12,10 @@ the other six principles and the unscored count. The judge is reached through en
   EVALKIT_JUDGE_MODEL        served model name (optional when the endpoint serves one model)
   EVALKIT_JUDGE_API_KEY_ENV  name of the variable holding the judge's API key (optional)
   EVALKIT_JUDGE_CONCURRENCY  judge requests in flight (default 32)
+  EVALKIT_JUDGE_MIN_MASS     minimum probability the judge must put on the score tokens (default 0.5)
+
+The judge is checked when the task's data is loaded, before any generation, so a missing or unreachable
+judge fails in seconds, not after the model under test has answered every prompt.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import datasets
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from evalkit.judging import Judge, JudgeSettings
+from evalkit.judging import Judge, JudgeSettings, RubricScorer
 from evalkit.personas import load_utterances
 from evalkit.records import Transcript, Turn
 from evalkit.rubrics import load_rubric
@@ -38,8 +42,33 @@ PRINCIPLES = ("empathy", "relevance", "clarity", "safety", "exploration", "auton
 
 # ---------------------------------------------------------------- data
 
+def _judge_settings() -> tuple[str, str | None, str | None]:
+    endpoint = os.environ.get("EVALKIT_JUDGE_ENDPOINT")
+    if not endpoint:
+        raise RuntimeError("evalkit_counsel_response needs a judge: set EVALKIT_JUDGE_ENDPOINT (and EVALKIT_JUDGE_MODEL "
+                           "if the endpoint serves several models)")
+    return endpoint, os.environ.get("EVALKIT_JUDGE_MODEL") or None, os.environ.get("EVALKIT_JUDGE_API_KEY_ENV") or None
+
+
+async def _connect_judge():
+    from evalkit.backends.openai_http import OpenAIBackend
+
+    endpoint, model, key_env = _judge_settings()
+    return await OpenAIBackend.connect(endpoint, model, api_key_env=key_env)
+
+
+def check_judge() -> None:
+    """Fail before generation when the judge is not configured or not reachable."""
+    async def probe() -> None:
+        backend = await _connect_judge()
+        await backend.aclose()
+
+    asyncio.run(probe())
+
+
 def counsel_utterances(**_: object) -> datasets.DatasetDict:
     """evalkit's single-turn client utterances, with the psychocounsel suite's therapist prompt."""
+    check_judge()
     system_prompt = load_suite("psychocounsel").suite.therapist_system_prompt
     rows = [{"id": u.id, "text": u.text, "topic": u.topic, "stage": u.stage or "", "system_prompt": system_prompt}
             for u in load_utterances()]
@@ -103,19 +132,12 @@ def _transcript(doc_id: str, client: str, response: str) -> Transcript:
 
 
 async def _judge_all(items: list[tuple[str, str, str]]) -> dict[str, dict[str, float | None]]:
-    from evalkit.backends.openai_http import OpenAIBackend
-
-    endpoint = os.environ.get("EVALKIT_JUDGE_ENDPOINT")
-    if not endpoint:
-        raise RuntimeError("evalkit_counsel_response needs a judge: set EVALKIT_JUDGE_ENDPOINT (and EVALKIT_JUDGE_MODEL "
-                           "if the endpoint serves several models)")
-    backend = await OpenAIBackend.connect(endpoint, os.environ.get("EVALKIT_JUDGE_MODEL") or None,
-                                          api_key_env=os.environ.get("EVALKIT_JUDGE_API_KEY_ENV") or None)
-    judge = Judge(backend, JudgeSettings(adherence_threshold=None),
-                  concurrency=int(os.environ.get("EVALKIT_JUDGE_CONCURRENCY", "32")))
-    rubric = load_rubric("psychocounsel")
+    backend = await _connect_judge()
+    settings = JudgeSettings(min_mass=float(os.environ.get("EVALKIT_JUDGE_MIN_MASS", "0.5")), adherence_threshold=None)
+    judge = Judge(backend, settings, concurrency=int(os.environ.get("EVALKIT_JUDGE_CONCURRENCY", "32")))
+    scorer = RubricScorer(load_rubric("psychocounsel"))
     try:
-        rows = await asyncio.gather(*(judge.score_transcript(_transcript(*item), [rubric]) for item in items))
+        rows = await asyncio.gather(*(scorer.score(_transcript(*item), None, judge) for item in items))
     finally:
         await backend.aclose()
     return {item[0]: {r.item: (r.expected if r.valid else None) for r in scored} for item, scored in zip(items, rows, strict=True)}

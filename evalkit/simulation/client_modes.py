@@ -17,13 +17,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from .._yaml import load_yaml_model
-from ..backends.base import Backend, Completion
+from ..backends.base import Backend
 from ..errors import ConfigError
 from ..personas import Persona
 from ..records import Transcript, Turn
-from ..store import RunStore
-from ..suites import SamplingParams
+from ..rundir import RunDir
+from ..types import Completion, SamplingParams
 from .client import clean_client_reply, client_messages
+from .reasoning import split_reasoning
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class SimulatedClient:
 
     async def next_turn(self, persona: Persona, replicate: int, turns: list[Turn]) -> ClientTurn | None:
         completion = await self.backend.chat(client_messages(persona, turns), self.sampling)
-        text, closed = clean_client_reply(completion.text)
+        said, _ = split_reasoning(completion.text)
+        text, closed = clean_client_reply(said)
         return ClientTurn(text, closed, "simulated", completion)
 
 
@@ -50,11 +52,12 @@ class ReplayClient:
     """Recorded client turns while the therapist has said exactly what it said in the recorded session."""
 
     def __init__(self, run_dir: Path, fallback: SimulatedClient | None = None):
-        store = RunStore(run_dir)
-        manifest = store.existing_manifest()
-        if manifest is None:
-            raise ConfigError(f"--replay-client {run_dir}: not an evalkit run (no manifest.json)")
-        self.recorded: dict[tuple[str, int], Transcript] = {(t.source_id, t.replicate): t for t in store.transcripts().values()}
+        store = RunDir(run_dir)
+        try:
+            manifest = store.require_manifest()
+        except ConfigError as exc:
+            raise ConfigError(f"replay client: {exc}") from None
+        self.recorded: dict[tuple[str, int], Transcript] = {(t.source_id, t.replicate): t for t in store.iter_transcripts()}
         digest = hashlib.sha256("".join(t.model_dump_json() for t in self.recorded.values()).encode()).hexdigest()
         self.mode = f"replay:{manifest.run_id}:{digest[:16]}"
         self.fallback = fallback

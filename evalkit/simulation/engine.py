@@ -11,33 +11,34 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 
-from ..backends.base import Backend, Completion, ContextLengthExceeded
+from ..backends.base import Backend
 from ..backends.replicas import routing_key
+from ..errors import ContextLengthExceeded
 from ..records import Transcript, Turn
-from ..suites import Case, SamplingParams
+from ..reporting import Reporter
+from ..suites import Case
+from ..types import Completion, SamplingParams
 from .client import therapist_messages
-
-
-class Progress:
-    """Hooks the engine calls; the terminal UI overrides them."""
-
-    def turn_done(self, completion: Completion) -> None: ...
-
-    def session_done(self, transcript: Transcript) -> None: ...
+from .reasoning import split_reasoning
 
 
 def _turn(role: str, completion: Completion | None, content: str | None = None, source: str | None = None) -> Turn:
+    """A transcript turn. Reasoning (a separate field, or <think> blocks in the text) is kept apart from what was said."""
     if completion is None:
         return Turn(role=role, content=content or "", client_source=source)  # type: ignore[arg-type]
-    return Turn(role=role, content=completion.text.strip() if content is None else content,  # type: ignore[arg-type]
+    said, thought = split_reasoning(completion.text)
+    said = said if content is None else content  # a client reply is cleaned of labels and markers by its source
+    reasoning = "\n\n".join(r for r in (completion.reasoning, thought) if r) or None
+    return Turn(role=role, content=said, reasoning=reasoning,  # type: ignore[arg-type]
                 prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                latency_s=round(completion.latency_s, 4), finish_reason=completion.finish_reason,
+                reasoning_tokens=completion.reasoning_tokens, latency_s=round(completion.latency_s, 4),
+                finish_reason=completion.finish_reason, truncated=completion.finish_reason == "length",
                 client_source=source)  # type: ignore[arg-type]
 
 
 class SessionEngine:
     def __init__(self, *, suite_id: str, system_prompt: str, turns: int, therapist: Backend, client,
-                 therapist_sampling: SamplingParams, progress: Progress | None = None):
+                 therapist_sampling: SamplingParams, reporter: Reporter | None = None, formulation: bool = False):
         """`client`: where client turns come from (SimulatedClient, ReplayClient or ScriptedClient)."""
         self.suite_id = suite_id
         self.system_prompt = system_prompt
@@ -45,25 +46,42 @@ class SessionEngine:
         self.therapist = therapist
         self.client = client
         self.therapist_sampling = therapist_sampling
-        self.progress = progress or Progress()
+        self.reporter = reporter or Reporter()
+        self.formulation = formulation
 
     async def _reply(self, backend: Backend, messages: list[dict[str, str]], params: SamplingParams) -> Completion:
         completion = await backend.chat(messages, params)
-        self.progress.turn_done(completion)
+        self.reporter.turn_done(completion)
         return completion
 
     async def run_case(self, case: Case) -> Transcript:
         started = datetime.now(timezone.utc)
         with routing_key(case.session_id):  # a session's turns stay on one replica
+            formulation = None
             if case.persona is not None:
                 turns, stop = await self._session(case)
                 unit = "session"
+                if self.formulation:
+                    formulation = await self._formulation(turns)
             else:
                 turns, stop = await self._single_response(case)
                 unit = "response"
         return Transcript(session_id=case.session_id, suite=self.suite_id, unit=unit, source_id=case.source_id,
                           replicate=case.replicate, turns=turns, stop_reason=stop, started_at=started,
-                          ended_at=datetime.now(timezone.utc))
+                          ended_at=datetime.now(timezone.utc), formulation=formulation)
+
+    async def _formulation(self, turns: list[Turn]):
+        from . import formulation
+
+        messages = therapist_messages(self.system_prompt, turns) + [{"role": "user", "content": formulation.INSTRUCTION}]
+        params = self.therapist_sampling.model_copy(update={"response_schema": formulation.SCHEMA,
+                                                            "max_tokens": max(self.therapist_sampling.max_tokens, 512)})
+        try:
+            reply = await self._reply(self.therapist, messages, params)
+        except ContextLengthExceeded:
+            return None
+        said, _ = split_reasoning(reply.text)
+        return formulation.parse(said)
 
     async def _session(self, case: Case) -> tuple[list[Turn], str]:
         persona = case.persona
@@ -84,7 +102,7 @@ class SessionEngine:
             if answer is None:
                 return turns, "script_end"
             if answer.completion is not None:
-                self.progress.turn_done(answer.completion)
+                self.reporter.turn_done(answer.completion)
             if answer.text:
                 turns.append(_turn("client", answer.completion, answer.text, answer.source))
             if answer.closed:

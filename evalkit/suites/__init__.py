@@ -1,37 +1,32 @@
-"""Suites are data: what is simulated (sessions with personas, or single responses to
-utterances), for how many turns, under which therapist prompt, judged on which rubrics.
+"""Suites are data: what is simulated (sessions with personas, or single responses to utterances), for how
+many turns, under which therapist prompt, scored by which rubrics and scorers.
 
-Built-in suites are the YAML files beside this module; a user may pass a path to their own.
+Built-in suites are the YAML files beside this module; a user may pass a path to their own, whose rubric,
+persona and utterance paths are relative to it. A loaded suite can be written into a run directory and read
+back from there (`LoadedSuite.dump` / `LoadedSuite.from_inputs`), so a stored run never depends on what is
+installed later.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._resources import suites_dir
-from .._yaml import load_yaml_model
+from .._yaml import describe_validation_error, load_yaml_model
 from ..errors import ConfigError
 from ..personas import Persona, Utterance, load_personas, load_utterances
 from ..rubrics import Rubric, load_rubric
+from ..types import SamplingParams
 
-
-class SamplingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-    ignore_eos: bool = Field(False, description="vLLM only: always generate max_tokens (for benchmarks)")
-
-    def request_fields(self) -> dict:
-        """The fields for an OpenAI-compatible request; vLLM's extension only when asked for."""
-        return self.model_dump(exclude=set() if self.ignore_eos else {"ignore_eos"})
+__all__ = ["Case", "GateDefaults", "LoadedSuite", "RubricUse", "SamplingParams", "Suite", "available_suites",
+           "load_suite", "schedule_problems"]
 
 
 class SuiteSampling(BaseModel):
@@ -53,6 +48,17 @@ class GateDefaults(BaseModel):
     max_invalid_rate: float = Field(0.05, ge=0, le=1)
 
 
+class RubricUse(BaseModel):
+    """A rubric a suite applies, to every session or only to sessions whose persona carries a risk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rubric: str = Field(description="a built-in rubric id, or a YAML path relative to the suite file")
+    applies_to: Literal["all", "risk"] = "all"
+    scorer: str | None = Field(None, description="a registered scorer that rates this rubric (default: the judge rates "
+                                                 "each item of the transcript), e.g. formulation")
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,15 +66,22 @@ class Suite(BaseModel):
     version: str
     description: str
     unit: Literal["session", "response"]
-    rubrics: list[str] = Field(min_length=1, description="built-in rubric ids, or YAML paths relative to the suite file")
+    rubrics: list[RubricUse] = Field(min_length=1, description="rubric ids or paths, or {rubric, applies_to}")
+    scorers: list[str] = Field([], description="further registered scorers by name (e.g. formulation)")
     personas: Literal["all", "risk"] | list[str] = Field("all", description="all, risk (every persona with a risk), or ids")
     persona_dir: str | None = Field(None, description="a folder of persona YAMLs, relative to the suite file (default: built-in)")
     utterances: Literal["all"] | list[str] = "all"
     utterances_file: str | None = Field(None, description="an utterances YAML or folder of them, relative to the suite file (default: built-in)")
-    turns: int = Field(6, ge=1, description="therapist turns per session")
+    turns: int = Field(6, ge=1, le=200, description="therapist turns per session")
     therapist_system_prompt: str
     sampling: SuiteSampling = SuiteSampling()
+    exclude_truncated: bool = Field(False, description="leave sessions with a truncated therapist turn out of the summary")
     gate: GateDefaults | None = None
+
+    @field_validator("rubrics", mode="before")
+    @classmethod
+    def _plain_ids(cls, value: object) -> object:
+        return [{"rubric": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _unit_fits(self) -> Suite:
@@ -90,6 +103,27 @@ class Case:
     def source_id(self) -> str:
         return self.persona.id if self.persona else self.utterance.id  # type: ignore[union-attr]
 
+    @property
+    def source(self) -> Persona | Utterance:
+        return self.persona or self.utterance  # type: ignore[return-value]
+
+
+def schedule_problems(personas: list[Persona], turns: int) -> list[str]:
+    """Disclosures a session of `turns` therapist replies cannot reach, and risk disclosures past its first half.
+
+    The client speaks after counsellor replies 1 .. turns-1, so a disclosure eligible only after reply `turns`
+    can never be made.
+    """
+    problems = []
+    for persona in personas:
+        late = [d.id for d in persona.disclosure if d.after_turn > turns - 1]
+        if late:
+            problems.append(f"{persona.id}: {', '.join(late)} only after reply {turns - 1}")
+        risk_late = [d.id for d in persona.risk_disclosures if d.after_turn > turns // 2 and d.id not in late]
+        if risk_late:
+            problems.append(f"{persona.id}: risk disclosure {', '.join(risk_late)} after the first half ({turns // 2} replies)")
+    return problems
+
 
 @dataclass(frozen=True)
 class LoadedSuite:
@@ -102,6 +136,21 @@ class LoadedSuite:
     @property
     def sources(self) -> list[Persona] | list[Utterance]:
         return self.personas if self.suite.unit == "session" else self.utterances
+
+    def source(self, source_id: str) -> Persona | Utterance | None:
+        return next((s for s in self.sources if s.id == source_id), None)
+
+    def applies_to(self, rubric_id: str) -> str:
+        return next(use.applies_to for use, r in zip(self.suite.rubrics, self.rubrics, strict=True) if r.id == rubric_id)
+
+    @property
+    def rubric_uses(self) -> list[tuple[RubricUse, Rubric]]:
+        return list(zip(self.suite.rubrics, self.rubrics, strict=True))
+
+    @property
+    def wants_formulation(self) -> bool:
+        """Sessions end with the therapist's case formulation (for the formulation scorer)."""
+        return self.suite.unit == "session" and any(use.scorer == "formulation" for use in self.suite.rubrics)
 
     def cases(self, n: int | None = None) -> list[Case]:
         """`n` cases, cycling through personas/utterances; replicate counts the cycles."""
@@ -121,6 +170,40 @@ class LoadedSuite:
             digest.update(part.model_dump_json().encode())
         return digest.hexdigest()
 
+    # ------------------------------------------------------------ a run's own copy
+
+    def dump(self, directory: Path) -> None:
+        """Write the resolved suite, rubrics and personas/utterances into `directory` (a run's inputs/)."""
+        from ..fileio import write_atomic
+
+        directory.mkdir(parents=True, exist_ok=True)
+        suite = self.suite.model_copy(update={"rubrics": [RubricUse(rubric=r.id, applies_to=u.applies_to, scorer=u.scorer)
+                                                           for u, r in zip(self.suite.rubrics, self.rubrics, strict=True)],
+                                              "persona_dir": None, "utterances_file": None})
+        write_atomic(directory / "suite.json", suite.model_dump_json(indent=2))
+        write_atomic(directory / "rubrics.json", json.dumps([json.loads(r.model_dump_json()) for r in self.rubrics], indent=2))
+        write_atomic(directory / "sources.jsonl", "".join(s.model_dump_json() + "\n" for s in self.sources))
+
+    @classmethod
+    def from_inputs(cls, directory: Path) -> LoadedSuite:
+        """The suite a run used, from the run's own copy."""
+        try:
+            suite = Suite.model_validate_json((directory / "suite.json").read_text(encoding="utf-8"))
+            rubrics = [Rubric.model_validate(r) for r in json.loads((directory / "rubrics.json").read_text(encoding="utf-8"))]
+            model = Persona if suite.unit == "session" else Utterance
+            lines = (directory / "sources.jsonl").read_text(encoding="utf-8").split("\n")
+            sources = [model.model_validate_json(line) for line in lines if line.strip()]
+        except OSError as exc:
+            raise ConfigError(f"{directory}: cannot read the run's inputs ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{directory}: the run's inputs are not UTF-8 text") from None
+        except (ValidationError, ValueError) as exc:
+            detail = describe_validation_error(str(directory), exc) if isinstance(exc, ValidationError) else f"{directory}: {exc}"
+            raise ConfigError(f"the run's inputs are damaged: {detail}") from None
+        personas = sources if suite.unit == "session" else []
+        utterances = sources if suite.unit == "response" else []
+        return cls(suite=suite, path=directory / "suite.json", rubrics=rubrics, personas=personas, utterances=utterances)  # type: ignore[arg-type]
+
 
 def available_suites() -> list[str]:
     return sorted(p.stem for p in suites_dir().glob("*.yaml"))
@@ -138,34 +221,42 @@ def _select(kind: str, wanted: str | list[str], have: list, path: Path) -> list:
     return [by_id[w] for w in wanted]
 
 
-def load_suite(name_or_path: str) -> LoadedSuite:
+def load_suite(name_or_path: str | Path) -> LoadedSuite:
     """A built-in suite by id, or a suite YAML by path, with its rubrics and clients loaded."""
-    path = Path(name_or_path)
+    name = str(name_or_path)
+    path = Path(name)
     if not (path.suffix in {".yaml", ".yml"} or path.exists()):
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", name_or_path) or not (suites_dir() / f"{name_or_path}.yaml").exists():
-            raise ConfigError(f"unknown suite '{name_or_path}' (available: {', '.join(available_suites())}; or give a suite YAML path)")
-        path = suites_dir() / f"{name_or_path}.yaml"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", name) or not (suites_dir() / f"{name}.yaml").exists():
+            raise ConfigError(f"unknown suite '{name}' (available: {', '.join(available_suites())}; or give a suite YAML path)")
+        path = suites_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: suite file does not exist")
     suite = load_yaml_model(path, Suite)
     rubrics = []
-    for rubric_id in suite.rubrics:
-        relative = path.parent / rubric_id
+    for index, use in enumerate(suite.rubrics):
+        relative = path.parent / use.rubric
         try:
-            rubric = load_rubric(str(relative) if relative.suffix in {".yaml", ".yml"} else rubric_id)
+            rubric = load_rubric(str(relative) if relative.suffix in {".yaml", ".yml"} else use.rubric)
         except ConfigError as exc:
             if str(exc).startswith("unknown rubric"):
-                raise ConfigError(f"{path}: field 'rubrics': {exc}") from None
+                raise ConfigError(f"{path}: field 'rubrics.{index}': {exc}") from None
             raise
         expected = "transcript" if suite.unit == "session" else "response"
         if rubric.unit != expected:
-            raise ConfigError(f"{path}: field 'rubrics': rubric '{rubric.id}' rates a {rubric.unit}, but this suite's unit is '{suite.unit}'")
+            raise ConfigError(f"{path}: field 'rubrics.{index}': rubric '{rubric.id}' rates a {rubric.unit}, "
+                              f"but this suite's unit is '{suite.unit}'")
+        if use.applies_to == "risk" and suite.unit != "session":
+            raise ConfigError(f"{path}: field 'rubrics.{index}.applies_to': 'risk' needs personas (unit: session)")
         rubrics.append(rubric)
+    if len({r.id for r in rubrics}) != len(rubrics):
+        raise ConfigError(f"{path}: field 'rubrics': a rubric is listed twice")
     personas: list[Persona] = []
     utterances: list[Utterance] = []
     if suite.unit == "session":
         persona_dir = path.parent / suite.persona_dir if suite.persona_dir else None
         personas = _select("personas", suite.personas, load_personas(persona_dir), path)
+        if not personas:
+            raise ConfigError(f"{path}: field 'personas': selects no persona")
     else:
         utterances_file = path.parent / suite.utterances_file if suite.utterances_file else None
         utterances = _select("utterances", suite.utterances, load_utterances(utterances_file), path)

@@ -1,0 +1,64 @@
+"""The judge as every scorer sees it: one backend behind one concurrency budget and one probability rule."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ..backends.base import Backend
+from ..errors import ConfigError, ContextLengthExceeded, RequestRejected
+from ..types import Message
+from .choice import Reading, read_choice
+from .prompts import Layout
+
+METHOD = "score-token-probabilities/v2"
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    min_mass: float = 0.5
+    """The model must put at least this much of its own probability on the allowed answers (constrained or not)."""
+    check_mass: bool = True
+    """Constrained judges: also send the unconstrained twin request that measures that mass."""
+    adherence_threshold: float | None = 0.8
+    """Sessions whose simulated client passes fewer of its persona checks are flagged; None: no checks."""
+    layout: Layout = "transcript-first"
+    """Where the item goes in the prompt; transcript-first lets the prefix cache serve all of a transcript's items."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_mass <= 1:
+            raise ConfigError(f"judge min_mass {self.min_mass}: expected a probability between 0 and 1")
+        if self.adherence_threshold is not None and not 0 <= self.adherence_threshold <= 1:
+            raise ConfigError(f"adherence_threshold {self.adherence_threshold}: expected a probability between 0 and 1")
+
+    @property
+    def method(self) -> str:
+        """What a run's configuration records about how scores were read (two runs must agree on it)."""
+        parts = [METHOD, f"min_mass={self.min_mass}", f"mass_check={'on' if self.check_mass else 'off'}"]
+        if self.layout != "transcript-first":
+            parts.append(f"layout={self.layout}")
+        return ";".join(parts)
+
+
+class Judge:
+    def __init__(self, backend: Backend, settings: JudgeSettings = JudgeSettings(), *, concurrency: int = 32):
+        if concurrency < 1:
+            raise ConfigError(f"judge concurrency {concurrency}: expected a positive number")
+        self.backend = backend
+        self.settings = settings
+        self._slots = asyncio.Semaphore(concurrency)
+
+    @property
+    def name(self) -> str:
+        return self.backend.info.model
+
+    async def ask(self, messages: list[Message], choices: list[str]) -> Reading:
+        """The judge's reading of one prompt over `choices`; an answer it could not give is an invalid reading."""
+        try:
+            async with self._slots:
+                dist = await self.backend.choice_distribution(messages, choices, with_mass=self.settings.check_mass)
+        except ContextLengthExceeded:
+            return Reading.invalid("the judge prompt is longer than the judge's context window")
+        except RequestRejected as exc:
+            return Reading.invalid(str(exc))
+        return read_choice(dist, self.settings.min_mass)
