@@ -63,6 +63,9 @@ class SessionEngine:
                 unit = "session"
                 if self.formulation:
                     formulation = await self._formulation(turns)
+            elif case.reference is not None:
+                turns, stop = await self._reference(case)
+                unit = "response"
             else:
                 turns, stop = await self._single_response(case)
                 unit = "response"
@@ -108,6 +111,18 @@ class SessionEngine:
             if answer.closed:
                 return turns, "client_closed"
         raise AssertionError("unreachable")
+
+    async def _reference(self, case: Case) -> tuple[list[Turn], str]:
+        """The dialogue so far from the reference item, then the therapist's reply (compared with the reference)."""
+        assert case.reference is not None
+        turns = [Turn(role=t.role, content=t.content, client_source="scripted" if t.role == "client" else None)
+                 for t in case.reference.context]
+        try:
+            reply = await self._reply(self.therapist, therapist_messages(self.system_prompt, turns), self.therapist_sampling)
+        except ContextLengthExceeded:
+            return turns, "context_length"
+        turns.append(_turn("therapist", reply))
+        return turns, "single_response"
 
     async def _single_response(self, case: Case) -> tuple[list[Turn], str]:
         assert case.utterance is not None

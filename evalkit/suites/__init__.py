@@ -22,6 +22,7 @@ from .._resources import suites_dir
 from .._yaml import describe_validation_error, load_yaml_model
 from ..errors import ConfigError
 from ..personas import Persona, Utterance, load_personas, load_utterances
+from ..reference_data import ReferenceItem, load_reference_items
 from ..rubrics import Rubric, load_rubric
 from ..types import SamplingParams
 
@@ -65,13 +66,15 @@ class Suite(BaseModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
     version: str
     description: str
-    unit: Literal["session", "response"]
-    rubrics: list[RubricUse] = Field(min_length=1, description="rubric ids or paths, or {rubric, applies_to}")
+    unit: Literal["session", "response", "reference"]
+    rubrics: list[RubricUse] = Field([], description="rubric ids or paths, or {rubric, applies_to}")
     scorers: list[str] = Field([], description="further registered scorers by name (e.g. formulation)")
     personas: Literal["all", "risk"] | list[str] = Field("all", description="all, risk (every persona with a risk), or ids")
     persona_dir: str | None = Field(None, description="a folder of persona YAMLs, relative to the suite file (default: built-in)")
     utterances: Literal["all"] | list[str] = "all"
     utterances_file: str | None = Field(None, description="an utterances YAML or folder of them, relative to the suite file (default: built-in)")
+    references_file: str | None = Field(None, description="unit reference: items with a reference reply (EmpatheticDialogues "
+                                                          "CSV, JSONL or CSV), relative to the suite file (default: built-in)")
     turns: int = Field(6, ge=1, le=200, description="therapist turns per session")
     therapist_system_prompt: str
     sampling: SuiteSampling = SuiteSampling()
@@ -85,8 +88,10 @@ class Suite(BaseModel):
 
     @model_validator(mode="after")
     def _unit_fits(self) -> Suite:
-        if self.unit == "response":
+        if self.unit != "session":
             self.turns = 1
+        if self.unit != "reference" and not self.rubrics:
+            raise ValueError("rubrics: at least one rubric is needed (only reference suites score without a judge)")
         return self
 
 
@@ -98,14 +103,15 @@ class Case:
     replicate: int
     persona: Persona | None = None
     utterance: Utterance | None = None
+    reference: ReferenceItem | None = None
+
+    @property
+    def source(self) -> Persona | Utterance | ReferenceItem:
+        return self.persona or self.utterance or self.reference  # type: ignore[return-value]
 
     @property
     def source_id(self) -> str:
-        return self.persona.id if self.persona else self.utterance.id  # type: ignore[union-attr]
-
-    @property
-    def source(self) -> Persona | Utterance:
-        return self.persona or self.utterance  # type: ignore[return-value]
+        return self.source.id
 
 
 def schedule_problems(personas: list[Persona], turns: int) -> list[str]:
@@ -132,10 +138,11 @@ class LoadedSuite:
     rubrics: list[Rubric]
     personas: list[Persona]
     utterances: list[Utterance]
+    references: list[ReferenceItem] = ()  # type: ignore[assignment]
 
     @property
-    def sources(self) -> list[Persona] | list[Utterance]:
-        return self.personas if self.suite.unit == "session" else self.utterances
+    def sources(self) -> list[Persona] | list[Utterance] | list[ReferenceItem]:
+        return {"session": self.personas, "response": self.utterances, "reference": list(self.references)}[self.suite.unit]
 
     def source(self, source_id: str) -> Persona | Utterance | None:
         return next((s for s in self.sources if s.id == source_id), None)
@@ -159,7 +166,7 @@ class LoadedSuite:
         cases = []
         for i in range(n):
             source, replicate = sources[i % len(sources)], i // len(sources)
-            kind = {"persona": source} if self.suite.unit == "session" else {"utterance": source}
+            kind = {{"session": "persona", "response": "utterance", "reference": "reference"}[self.suite.unit]: source}
             cases.append(Case(session_id=f"{source.id}#{replicate}", replicate=replicate, **kind))
         return cases
 
@@ -179,7 +186,7 @@ class LoadedSuite:
         directory.mkdir(parents=True, exist_ok=True)
         suite = self.suite.model_copy(update={"rubrics": [RubricUse(rubric=r.id, applies_to=u.applies_to, scorer=u.scorer)
                                                            for u, r in zip(self.suite.rubrics, self.rubrics, strict=True)],
-                                              "persona_dir": None, "utterances_file": None})
+                                              "persona_dir": None, "utterances_file": None, "references_file": None})
         write_atomic(directory / "suite.json", suite.model_dump_json(indent=2))
         write_atomic(directory / "rubrics.json", json.dumps([json.loads(r.model_dump_json()) for r in self.rubrics], indent=2))
         write_atomic(directory / "sources.jsonl", "".join(s.model_dump_json() + "\n" for s in self.sources))
@@ -190,7 +197,7 @@ class LoadedSuite:
         try:
             suite = Suite.model_validate_json((directory / "suite.json").read_text(encoding="utf-8"))
             rubrics = [Rubric.model_validate(r) for r in json.loads((directory / "rubrics.json").read_text(encoding="utf-8"))]
-            model = Persona if suite.unit == "session" else Utterance
+            model = {"session": Persona, "response": Utterance, "reference": ReferenceItem}[suite.unit]
             lines = (directory / "sources.jsonl").read_text(encoding="utf-8").split("\n")
             sources = [model.model_validate_json(line) for line in lines if line.strip()]
         except OSError as exc:
@@ -200,9 +207,9 @@ class LoadedSuite:
         except (ValidationError, ValueError) as exc:
             detail = describe_validation_error(str(directory), exc) if isinstance(exc, ValidationError) else f"{directory}: {exc}"
             raise ConfigError(f"the run's inputs are damaged: {detail}") from None
-        personas = sources if suite.unit == "session" else []
-        utterances = sources if suite.unit == "response" else []
-        return cls(suite=suite, path=directory / "suite.json", rubrics=rubrics, personas=personas, utterances=utterances)  # type: ignore[arg-type]
+        by_unit = {unit: sources if suite.unit == unit else [] for unit in ("session", "response", "reference")}
+        return cls(suite=suite, path=directory / "suite.json", rubrics=rubrics, personas=by_unit["session"],  # type: ignore[arg-type]
+                   utterances=by_unit["response"], references=by_unit["reference"])  # type: ignore[arg-type]
 
 
 def available_suites() -> list[str]:
@@ -222,12 +229,16 @@ def _select(kind: str, wanted: str | list[str], have: list, path: Path) -> list:
 
 
 def load_suite(name_or_path: str | Path) -> LoadedSuite:
-    """A built-in suite by id, or a suite YAML by path, with its rubrics and clients loaded."""
+    """A built-in suite by id, a suite YAML by path, or a stored run directory (the exact suite that run used),
+    with its rubrics and clients loaded."""
     name = str(name_or_path)
     path = Path(name)
+    if path.is_dir() and (path / "inputs" / "suite.json").is_file():
+        return LoadedSuite.from_inputs(path / "inputs")
     if not (path.suffix in {".yaml", ".yml"} or path.exists()):
         if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", name) or not (suites_dir() / f"{name}.yaml").exists():
-            raise ConfigError(f"unknown suite '{name}' (available: {', '.join(available_suites())}; or give a suite YAML path)")
+            raise ConfigError(f"unknown suite '{name}' (available: {', '.join(available_suites())}; or give a suite YAML path "
+                              "or a stored run directory)")
         path = suites_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: suite file does not exist")
@@ -241,7 +252,7 @@ def load_suite(name_or_path: str | Path) -> LoadedSuite:
             if str(exc).startswith("unknown rubric"):
                 raise ConfigError(f"{path}: field 'rubrics.{index}': {exc}") from None
             raise
-        expected = "transcript" if suite.unit == "session" else "response"
+        expected = "transcript" if suite.unit == "session" else "response"  # a reference item's reply is a response
         if rubric.unit != expected:
             raise ConfigError(f"{path}: field 'rubrics.{index}': rubric '{rubric.id}' rates a {rubric.unit}, "
                               f"but this suite's unit is '{suite.unit}'")
@@ -252,12 +263,18 @@ def load_suite(name_or_path: str | Path) -> LoadedSuite:
         raise ConfigError(f"{path}: field 'rubrics': a rubric is listed twice")
     personas: list[Persona] = []
     utterances: list[Utterance] = []
+    references: list[ReferenceItem] = []
     if suite.unit == "session":
         persona_dir = path.parent / suite.persona_dir if suite.persona_dir else None
         personas = _select("personas", suite.personas, load_personas(persona_dir), path)
         if not personas:
             raise ConfigError(f"{path}: field 'personas': selects no persona")
-    else:
+    elif suite.unit == "response":
         utterances_file = path.parent / suite.utterances_file if suite.utterances_file else None
         utterances = _select("utterances", suite.utterances, load_utterances(utterances_file), path)
-    return LoadedSuite(suite=suite, path=path, rubrics=rubrics, personas=personas, utterances=utterances)
+    else:
+        from .._resources import simulators_dir
+
+        references = load_reference_items(path.parent / suite.references_file if suite.references_file
+                                          else simulators_dir() / "references" / "counselling-references.jsonl")
+    return LoadedSuite(suite=suite, path=path, rubrics=rubrics, personas=personas, utterances=utterances, references=references)
