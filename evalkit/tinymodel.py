@@ -140,3 +140,28 @@ def build_tiny_reward_model(out: Path | None = None, seed: int = 0, *, vocab_siz
     model.save_pretrained(out, safe_serialization=True)
     marker.write_text(json.dumps({"recipe": BUILD_VERSION, "kind": "reward", "vocab_size": len(fast), "seed": seed}))
     return out
+
+
+REASONING_TEMPLATE = CHAT_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+
+
+def build_tiny_reasoning_model(out: Path, *, vocab_size: int = 1024, seed: int = 0) -> Path:
+    """A tiny "reasoning" chat model: `<think>` and `</think>` are single special tokens and the chat template opens a
+    thinking block for every reply (as DeepSeek-R1's does), so vLLM's `deepseek_r1` reasoning parser separates the
+    thinking from the reply. Its weights are random: what it thinks is noise, the plumbing is what is tested."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = Path(out)
+    marker = out / "evalkit-tiny-reasoning-model.json"
+    if marker.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    fast = _build_tokenizer(vocab_size)
+    fast.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+    fast.chat_template = REASONING_TEMPLATE
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(_llama_config(fast)).to(torch.float32).save_pretrained(out, safe_serialization=True)
+    marker.write_text(json.dumps({"recipe": BUILD_VERSION, "kind": "reasoning", "vocab_size": len(fast), "seed": seed}))
+    return out

@@ -26,7 +26,7 @@ def test_lora_training_learns_the_score_format_and_the_judge_loads(tiny_model, t
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
     # The merged judge is scored exactly like any judge.
     validated = run_cli("judge", "validate", "--ratings", ratings, "--judge-model", out / "merged", "--judge-backend",
-                        "transformers", "--out", tmp_path / "validation", "--bootstrap", "50")
+                        "transformers", "--out", tmp_path / "validation", "--bootstrap", "50", "--judge-min-mass", "0")
     assert validated.code == 0, validated.output
     summary = json.loads((tmp_path / "validation" / "validation.json").read_text())
     assert summary["invalid_judge_scores"] == 0 and "warmth" in summary["rubrics"]["tes"]["items"]
@@ -41,12 +41,13 @@ def test_trained_judge_is_served_by_vllm_and_scores_a_run(tiny_model, vllm_endpo
     out = tmp_path / "run"
     result = run_cli("run", "--endpoint", vllm_endpoint, "--suite", "tes", "--sessions", "2", "--turns", "1",
                      "--max-tokens", "8", "--no-adherence", "--judge-model", judge / "merged", "--max-model-len", TINY_MAX_MODEL_LEN,
-                     "--vllm-args", TINY_VLLM_ARGS, "--out", out, timeout=900)
+                     "--vllm-args", TINY_VLLM_ARGS, "--out", out, "--judge-min-mass", "0")
     assert result.code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["roles"]["judge"]["kind"] == "vllm-managed" and manifest["roles"]["judge"]["model_path"] == str((judge / "merged").resolve())
+    assert manifest["roles"]["judge"]["kind"] == "vllm" and manifest["roles"]["judge"]["model_path"] == str((judge / "merged").resolve())
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    assert len(rows) == 18 and all(r["valid"] and r["judge"] == "merged" for r in rows)
+    tes = [r for r in rows if r["rubric"] == "tes"]
+    assert len(tes) == 18 and all(r["valid"] and r["judge"] == "merged" and r["mass"] is not None for r in rows)
 
 
 def test_training_refuses_a_non_empty_output_folder(tiny_model, tmp_path):
@@ -56,4 +57,4 @@ def test_training_refuses_a_non_empty_output_folder(tiny_model, tmp_path):
     (tmp_path / "judge" / "keep.txt").write_text("mine")
     ratings = _ratings(tmp_path / "ratings.jsonl")
     assert_one_line_error(run_cli("judge", "train", "--ratings", ratings, "--base", tiny_model, "--out", tmp_path / "judge"),
-                          "not empty")
+                          "not a new or empty folder")

@@ -27,6 +27,9 @@ class TransformersBackend:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code).to(device)
         except Exception as exc:  # transformers raises many kinds for a checkpoint it cannot load; none is a bug of ours
+            if "trust_remote_code" in str(exc) and not trust_remote_code:
+                raise BackendError(f"{model_path} ships its own modelling code, which runs only when allowed: "
+                                   "trust_remote_code (--trust-remote-code), if you trust its source") from None
             raise BackendError(f"transformers could not load {model_path}: {(str(exc).splitlines() or [type(exc).__name__])[0][:300]}") from None
         self.model.eval()
         self.device = device

@@ -9,6 +9,7 @@ rates agreement 0-3 from its probabilities, through the same rule as every judge
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 from ..personas import Persona
 from ..records import ItemScore, Transcript
@@ -67,7 +68,8 @@ class FormulationScorer:
     def keys(self, transcript: Transcript, source: Source) -> list[str]:
         return [item.id for item in self.rubric.items] if isinstance(source, Persona) else []
 
-    async def score(self, transcript: Transcript, source: Source, judge: Judge) -> list[ItemScore]:
+    async def score(self, transcript: Transcript, source: Source, judge: Judge,
+                    only: Collection[str] | None = None) -> list[ItemScore]:
         assert isinstance(source, Persona)
         formulation = transcript.formulation
         if formulation is None or formulation.raw is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalkitError
+from ..fileio import ensure_directory
 from .prompts import judge_messages
 from .validation import load_ratings
 
@@ -47,14 +48,25 @@ def split_by_material(materials: list[str], validation_fraction: float, seed: in
     return set(shuffled[n_val:]), set(shuffled[:n_val])
 
 
-def train_judge(ratings: Path, base: str, out: Path, *, full: bool = False, epochs: int = 3, learning_rate: float = 2e-4,
-                validation_fraction: float = 0.2, seed: int = 0, lora_rank: int = 8) -> dict[str, Any]:
+def train_judge(ratings: Path, base: str, out: Path, **kwargs: Any) -> dict[str, Any]:
+    """Fine-tune on human ratings (judge validate's format), in the rubric scorer's own prompts."""
+    examples, materials = _examples(ratings)
+    ensure_directory(out, "--out")  # only once the ratings have been read: bad input leaves nothing behind
+    return train_on_examples(examples, materials, base, out, **kwargs)
+
+
+def train_on_examples(examples: list[dict[str, Any]], materials: list[str], base: str, out: Path, *, full: bool = False,
+                      epochs: int = 3, learning_rate: float = 2e-4, validation_fraction: float = 0.2, seed: int = 0,
+                      lora_rank: int = 8) -> dict[str, Any]:
+    """Fine-tune on any scorer's prompts: each example is {material, messages, target (one score token), levels}.
+
+    So a judge can be trained for the prompts of any scorer (rubric items, formulation fields, ...) exactly as it
+    will be asked them. Materials, not examples, are split between training and validation."""
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
     except ImportError:
         raise EvalkitError("judge train needs evalkit-clinical[transformers] (transformers, torch, peft)") from None
-    examples, materials = _examples(ratings)
     train_ids, val_ids = split_by_material(materials, validation_fraction, seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
@@ -71,7 +83,7 @@ def train_judge(ratings: Path, base: str, out: Path, *, full: bool = False, epoc
     train = [encode(e) for e in examples if e["material"] in train_ids]
     val = [(encode(e), e) for e in examples if e["material"] in val_ids]
     if not train:
-        raise EvalkitError(f"{ratings}: too few rated materials to train on")
+        raise EvalkitError("too few rated materials to train on")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
     if not full:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,6 +93,75 @@ def load_ratings(path: Path) -> tuple[list[RatingRow], dict[str, Transcript], di
     if not rows:
         raise ConfigError(f"{path}: no ratings")
     return rows, materials, rubrics
+
+
+class _Typed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Agreement(_Typed):
+    """Agreement statistics of one pairing (judge vs human mean, or humans among themselves)."""
+
+    icc_a1: float | None = None
+    icc_ak: float | None = None
+    spearman: float | None = None
+    mae: float | None = None
+    qwk: float | None = None
+    exact: float | None = None
+    adjacent: float | None = None
+    krippendorff_alpha: float | None = None
+
+
+Interval = tuple[float, float] | None
+
+
+class ScopeAgreement(_Typed):
+    """One item or composite: how many rated units, the agreement, and bootstrap CIs over materials."""
+
+    units: int
+    raters: int
+    note: str | None = None
+    judge_human: Agreement | None = None
+    judge_human_ci: dict[str, Interval] | None = None
+    human_human: Agreement | None = None
+    human_human_ci: dict[str, Interval] | None = None
+
+
+class RubricAgreement(_Typed):
+    items: dict[str, ScopeAgreement] = {}
+    composites: dict[str, ScopeAgreement] = {}
+
+
+class JudgeIdentity(_Typed):
+    model: str
+    identity: str
+    server: str | None = None
+    server_version: str | None = None
+
+
+class JudgeScore(_Typed):
+    material_id: str
+    rubric: str
+    item: str
+    expected: float | None
+
+
+class ValidationReport(_Typed):
+    """validation.json: the judge, the ratings it was checked against, and the agreement per item and composite."""
+
+    created_at: datetime
+    judge: JudgeIdentity
+    ratings_file: str
+    ratings_sha256: str
+    bootstrap: dict[str, Any]
+    repeat_variability: dict[str, Any] | None = None
+    materials: int
+    raters: list[str]
+    ratings: int
+    invalid_judge_scores: int
+    min_mass: float = 0.5
+    judge_scores: list[JudgeScore]
+    rubrics: dict[str, RubricAgreement]
 
 
 def _scope_stats(judge: np.ndarray, humans: np.ndarray, levels: list[int] | None, rounds: int, seed: int) -> dict[str, Any]:
@@ -175,7 +243,7 @@ def _repeat_variability(first: dict, repeats: list[dict]) -> dict[str, Any] | No
 
 
 async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 1000, seed: int = 0,
-                         repeats: int = 1, min_mass: float = 0.5) -> dict[str, Any]:
+                         repeats: int = 1, min_mass: float = 0.5) -> ValidationReport:
     """Score the rated material with the judge, compute agreement, and write `out/validation.json`."""
     from ..roles import judge_backend
 
@@ -185,12 +253,13 @@ async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 
         judge = Judge(backend, JudgeSettings(min_mass=min_mass, adherence_threshold=None))
         scores = await _judge_scores(judge, rows, materials, rubrics)
         again = [await _judge_scores(judge, rows, materials, rubrics) for _ in range(repeats - 1)]
-    report = {"created_at": datetime.now(timezone.utc).isoformat(),
-              "judge": {"model": backend.info.model, "identity": identity, "server": backend.info.server,
-                        "server_version": backend.info.server_version},
-              "ratings_file": str(ratings), "ratings_sha256": hashlib.sha256(read_text(ratings).encode()).hexdigest(),
-              "bootstrap": {"rounds": rounds, "seed": seed, "unit": "material"},
-              "repeat_variability": _repeat_variability(scores, again),
-              **validation_report(rows, materials, rubrics, scores, rounds=rounds, seed=seed)}
-    write_atomic(out / "validation.json", json.dumps(report, indent=2))
+    report = ValidationReport.model_validate({
+        "created_at": datetime.now(timezone.utc), "min_mass": min_mass,
+        "judge": {"model": backend.info.model, "identity": identity, "server": backend.info.server,
+                  "server_version": backend.info.server_version},
+        "ratings_file": str(ratings), "ratings_sha256": hashlib.sha256(read_text(ratings).encode()).hexdigest(),
+        "bootstrap": {"rounds": rounds, "seed": seed, "unit": "material"},
+        "repeat_variability": _repeat_variability(scores, again),
+        **validation_report(rows, materials, rubrics, scores, rounds=rounds, seed=seed)})
+    write_atomic(out / "validation.json", report.model_dump_json(indent=2))
     return report
