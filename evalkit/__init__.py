@@ -24,7 +24,8 @@ except PackageNotFoundError:
 _LAZY = {
     "EvalSpec": "evalkit.spec", "RoleSpec": "evalkit.roles", "RunResult": "evalkit.runner",
     "run": "evalkit.runner", "run_async": "evalkit.runner", "rescore": "evalkit.runner", "rescore_async": "evalkit.runner",
-    "compare": "evalkit.compare", "compare_async": "evalkit.compare", "gate": "evalkit.gate",
+    "compare": "evalkit.compare", "compare_async": "evalkit.compare", "gate": "evalkit.gate", "gate_async": "evalkit.gate",
+    "evaluate": "evalkit.runner", "evaluate_many": "evalkit.runner",
     "load_runs": "evalkit.results", "RunDir": "evalkit.rundir",
     "load_rubric": "evalkit.rubrics", "load_suite": "evalkit.suites", "available_suites": "evalkit.suites",
     "register_backend": "evalkit.backends.base", "register_scorer": "evalkit.judging.scorer",
@@ -42,15 +43,16 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    # ruff: noqa: F401 - names for type checkers; at run time they are loaded by __getattr__
     from .backends.base import register_backend
     from .backends.mock import MockBackend
     from .compare import compare, compare_async
-    from .gate import gate
+    from .gate import gate, gate_async
     from .judging.scorer import register_scorer
     from .results import load_runs
     from .roles import RoleSpec
     from .rubrics import load_rubric
     from .rundir import RunDir
-    from .runner import RunResult, rescore, rescore_async, run, run_async
+    from .runner import RunResult, evaluate, evaluate_many, rescore, rescore_async, run, run_async
     from .spec import EvalSpec
     from .suites import available_suites, load_suite

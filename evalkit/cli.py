@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 # Library field -> the flag a user typed, for one-line errors that name what to change.
 FIELD_FLAGS = {
+    "include_flagged": "--include-flagged",
     "therapist.model": "--model", "therapist.endpoint": "--endpoint", "therapist.api_key_env": "--api-key-env",
     "therapist.backend": "--backend", "client.model": "--client-model", "client.endpoint": "--client-endpoint",
     "client.api_key_env": "--client-api-key-env", "client.backend": "--client-backend", "judge.model": "--judge-model",
@@ -39,6 +40,8 @@ FIELD_FLAGS = {
     "top_p": "--top-p", "replay_client": "--replay-client", "scripted_client": "--scripted-client", "sessions": "--sessions",
     "turns": "--turns", "concurrency": "--concurrency", "temperature": "--temperature", "seed": "--seed", "lora": "--lora",
     "resume": "--resume", "output directory": "--out", "api_key_env": "--api-key-env",
+    "max_invalid_rate": "--max-invalid-rate", "min_shared": "--min-shared", "alpha": "--alpha", "power": "--power",
+    "margin": "--margin", "sd": "--sd",
 }
 
 
@@ -58,15 +61,14 @@ def run_async_command(coro: Coroutine[Any, Any, T]) -> T:
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGTERM, task.cancel)  # type: ignore[union-attr]
-        except (NotImplementedError, RuntimeError):  # not the main thread (e.g. an in-process test runner)
-            pass
+            handled = True
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (e.g. an in-process test runner)
+            handled = False
         try:
             return await coro
         finally:
-            try:
+            if handled:
                 loop.remove_signal_handler(signal.SIGTERM)
-            except (NotImplementedError, RuntimeError):
-                pass
     return asyncio.run(main())
 
 
@@ -92,7 +94,7 @@ def _role(model: str | None, endpoints: list[str] | None, key_env: str | None, b
                               "backend": backend if backend != "auto" else None}.items() if v is not None}
 
 
-_TIMEOUT = re.compile(r"^(?:(therapist|client|judge):)?(connect|first_byte|first-byte|total|deadline)=([0-9.]+)$")
+_TIMEOUT = re.compile(r"^(?:(therapist|client|judge):)?(connect|first_byte|first-byte|total|deadline)=([0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
 
 
 def _timeouts(values: list[str]) -> dict[str, dict[str, float]]:
@@ -109,6 +111,13 @@ def _timeouts(values: list[str]) -> dict[str, dict[str, float]]:
         for name in ([role] if role else ["therapist", "client", "judge"]):
             out.setdefault(name, {})[f"timeout_{kind.replace('-', '_')}"] = float(seconds)
     return out
+
+
+def _vllm_args(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"'{text}': {exc}", param_hint="--vllm-args") from None
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -169,6 +178,8 @@ def run_command(
     replay_client: Annotated[Optional[Path], typer.Option(help="Re-use a stored run's client turns while the therapist's replies match it (low-noise gates).")] = None,
     scripted_client: Annotated[Optional[Path], typer.Option(help="Take every client turn from a scripts YAML (deterministic checks).")] = None,
     judge_validation: Annotated[Optional[Path], typer.Option(help="The judge's validation.json (evalkit judge validate), recorded in the manifest.")] = None,
+    emotion_model: Annotated[Optional[Path], typer.Option(help="Reference suites: a sequence-classification model (transformers) for emotion accuracy.")] = None,
+    emotion_label: Annotated[Optional[list[str]], typer.Option(help="MODEL_LABEL=DATASET_LABEL mapping of the emotion classifier's labels; repeat.")] = None,
     compare_runs: Annotated[bool, typer.Option("--compare", help="With several checkpoints: compare their runs afterwards.")] = False,
     mlflow: Annotated[Optional[str], typer.Option(help="Log the run to MLflow at this tracking URI (e.g. file:./mlruns).")] = None,
     wandb: Annotated[Optional[str], typer.Option(help="Log the run to this Weights & Biases project (WANDB_MODE=offline works offline).")] = None,
@@ -183,14 +194,16 @@ def run_command(
         "judge": _role(judge_model, judge_endpoint, judge_api_key_env, judge_backend), "lora": _pairs(lora or [], "--lora"),
         "sessions": sessions, "turns": turns, "concurrency": concurrency, "judge_concurrency": judge_concurrency, "out": out,
         "resume": resume, "rejudge_invalid": rejudge_invalid, "max_tokens": max_tokens, "temperature": temperature,
-        "top_p": top_p, "seed": seed, "max_model_len": max_model_len, "vllm_args": shlex.split(vllm_args),
+        "top_p": top_p, "seed": seed, "max_model_len": max_model_len, "vllm_args": _vllm_args(vllm_args),
         "reasoning_parser": reasoning_parser, "trust_remote_code": trust_remote_code, "judge_min_mass": judge_min_mass,
         "judge_mass_check": not no_mass_check, "adherence": not no_adherence, "adherence_threshold": adherence_threshold,
         "include_flagged": include_flagged, "replay_client": replay_client, "scripted_client": scripted_client,
-        "judge_validation": judge_validation}
+        "judge_validation": judge_validation, "emotion_model": emotion_model,
+        "emotion_labels": _pairs(emotion_label or [], "--emotion-label")}
     params = {"client": ("client_model", "client_endpoint", "client_api_key_env", "client_backend"),
               "judge": ("judge_model", "judge_endpoint", "judge_api_key_env", "judge_backend"),
               "lora": ("lora",), "vllm_args": ("vllm_args",), "judge_mass_check": ("no_mass_check",),
+              "emotion_labels": ("emotion_label",),
               "adherence": ("no_adherence",)}
     explicit = {key for key in fields if any(_given(ctx, p) for p in params.get(key, (key,)))}
     if config is None:
@@ -201,7 +214,9 @@ def run_command(
     specs = []
     for m in models:
         therapist = _role(m, endpoint, api_key_env, backend)
-        one = {**fields, **({"therapist": therapist} if therapist or config is None else {})}
+        one = dict(fields)
+        if therapist or config is None:
+            one["therapist"] = {**therapist, **fields.get("therapist", {})}
         if len(models) > 1 and out is not None:
             one["out"] = out / Path(str(m)).name
         specs.append(_spec(EvalSpec, one, config))
@@ -290,7 +305,7 @@ def rescore(
 ) -> None:
     """Re-judge a stored run's transcripts with another judge into a new run (like inspect score)."""
     from .cli_display import RichReporter, print_summary
-    from .runner import rescore as do_rescore
+    from .runner import rescore_async as do_rescore
     from .spec import RoleConfig
 
     if not (judge_model or judge_endpoint):
@@ -419,12 +434,14 @@ def demo(
     from .spec import EvalSpec
     from .tinymodel import build_tiny_model
 
-    console.print("building the tiny demo model (cached after the first time)…")
-    model_dir = build_tiny_model()
     # Eager mode: for a model this small, torch.compile's warm-up costs more than it saves. A random model puts
     # almost no probability on score digits, so the demo reads scores without the minimum-mass rule.
-    spec = EvalSpec(suite="act-fm", therapist={"model": str(model_dir)}, sessions=sessions, turns=turns, max_tokens=48,
-                    max_model_len=4096, vllm_args=["--dtype", "float32", "--enforce-eager"], out=out, judge_min_mass=0.0)
+    fields = {"suite": "act-fm", "sessions": sessions, "turns": turns, "max_tokens": 48, "max_model_len": 4096,
+              "vllm_args": ["--dtype", "float32", "--enforce-eager"], "out": out, "judge_min_mass": 0.0}
+    _spec(EvalSpec, {**fields, "therapist": {"model": "tiny"}}, None)  # bad flags fail before the model is built
+    console.print("building the tiny demo model (cached after the first time)…")
+    model_dir = build_tiny_model()
+    spec = _spec(EvalSpec, {**fields, "therapist": {"model": str(model_dir)}}, None)
     result = run_async_command(evaluate(spec, reporter=RichReporter(), command=sys.argv))
     print_summary(result.summary, {r.id: {i.id: i.name for i in r.items} for r in _rubrics(result.directory)})
     console.print(f"demo finished: transcripts, scores and summary are in [bold]{escape(str(result.directory))}[/bold]", soft_wrap=True)
@@ -559,7 +576,6 @@ def judge_train(
     seed: Annotated[int, typer.Option(help="Seed for the split and training.")] = 0,
 ) -> None:
     """Fine-tune a judge on human ratings, in the exact prompt format it is scored with."""
-    from .fileio import ensure_directory
     from .judging.training import train_judge
 
     if epochs < 1 or learning_rate <= 0 or not 0 <= validation_fraction < 1:
@@ -567,7 +583,6 @@ def judge_train(
                                  param_hint="--epochs / --learning-rate / --validation-fraction")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EvalkitError(f"--out {out}: not a new or empty folder; choose another")
-    ensure_directory(out, "--out")
     report_ = train_judge(ratings, base, out, full=full, epochs=epochs, learning_rate=learning_rate,
                           validation_fraction=validation_fraction, seed=seed)
     b, a = report_["validation_before"], report_["validation_after"]
@@ -628,6 +643,23 @@ def import_patient_psi(
 
     written = do_import(file, out)
     console.print(f"wrote {len(written)} personas to [bold]{escape(str(out))}[/bold]", soft_wrap=True)
+
+
+@import_app.command("references")
+def import_references(
+    file: Annotated[Path, typer.Argument(help="Reference replies: EmpatheticDialogues-style CSV, a JSONL or a CSV (context, reply, emotion).")],
+    out: Annotated[Path, typer.Option(help="JSONL to write (must not exist); use it as a reference suite's references_file.")],
+) -> None:
+    """Reference replies from a public format -> evalkit's reference JSONL (one item per therapist reply)."""
+    from .fileio import ensure_directory, write_atomic
+    from .reference_data import load_reference_items
+
+    items = load_reference_items(file)
+    if out.exists():
+        raise EvalkitError(f"--out {out}: already exists; nothing was written (choose another)")
+    ensure_directory(out.parent, "--out")
+    write_atomic(out, "".join(item.model_dump_json() + "\n" for item in items))
+    console.print(f"wrote {len(items)} reference items to [bold]{escape(str(out))}[/bold]", soft_wrap=True)
 
 
 @import_app.command("psychocounsel-preference")

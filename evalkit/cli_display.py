@@ -198,25 +198,28 @@ def print_plan(metric: str, result) -> None:
                   f"{result.alpha:g}.", soft_wrap=True)
 
 
-def print_validation(report: dict, out) -> None:
-    table = Table(title=f"judge {report['judge']['model']} vs {len(report['raters'])} human raters "
-                        f"({report['materials']} materials)", title_justify="left")
+def print_validation(report, out) -> None:
+    table = Table(title=f"judge {report.judge.model} vs {len(report.raters)} human raters "
+                        f"({report.materials} materials)", title_justify="left")
     for column in ("rubric", "score", "units", "ICC(A,1)", "QWK", "Spearman", "α", "MAE", "human ICC(A,1)"):
         table.add_column(column, overflow="fold")
 
-    def cell(stats: dict | None, key: str) -> str:
-        value = (stats or {}).get(key)
+    def cell(stats, key: str) -> str:
+        value = getattr(stats, key) if stats is not None else None
         return "—" if value is None else f"{value:.2f}"
 
-    for rubric_id, section in report["rubrics"].items():
-        for kind in ("composites", "items"):
-            for score_id, stats in section[kind].items():
-                jh, hh = stats.get("judge_human"), stats.get("human_human")
-                table.add_row(rubric_id, score_id, str(stats["units"]), cell(jh, "icc_a1"), cell(jh, "qwk"), cell(jh, "spearman"),
+    for rubric_id, section in report.rubrics.items():
+        for stats_by_score in (section.composites, section.items):
+            for score_id, stats in stats_by_score.items():
+                jh, hh = stats.judge_human, stats.human_human
+                table.add_row(rubric_id, score_id, str(stats.units), cell(jh, "icc_a1"), cell(jh, "qwk"), cell(jh, "spearman"),
                               cell(jh, "krippendorff_alpha"), cell(jh, "mae"), cell(hh, "icc_a1"))
     console.print(table)
-    if report["repeat_variability"]:
-        rv = report["repeat_variability"]
+    if report.invalid_judge_scores:
+        warn(f"{report.invalid_judge_scores} judge scores were invalid (below the minimum mass {report.min_mass:g} or not obtained)"
+             " and are left out of the agreement")
+    if report.repeat_variability:
+        rv = report.repeat_variability
         console.print(f"scored {rv['repeats']} times: mean SD of a unit's expected score {rv['mean_sd']:.4f} (max {rv['max_sd']:.4f})")
     console.print(f"validation report: [bold]{escape(str(out / 'validation.json'))}[/bold] "
                   f"(record it in runs with --judge-validation)", soft_wrap=True)

@@ -16,7 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from .errors import ConfigError, EvalkitError
-from .fileio import ensure_directory, write_atomic
+from .fileio import ensure_directory, write_atomic, write_table
 from .judging.pairwise import PairwiseVerdict, judge_pair, pair_outcome
 from .roles import RoleSpec, judge_backend
 from .simulation.engine import run_bounded
@@ -67,6 +67,14 @@ class PairwiseJudgement(_Model):
     per_candidate: dict[str, WinSummary]
 
 
+class ReferenceContrast(_Model):
+    """Reference suites: corpus metrics of one run against another on the same items, by paired bootstrap."""
+
+    a: str
+    b: str
+    metrics: dict[str, Any]
+
+
 class Comparison(_Model):
     created_at: datetime
     runs: dict[str, str]
@@ -78,6 +86,7 @@ class Comparison(_Model):
     flagged: dict[str, int]
     metrics: dict[str, MetricAnalysis]
     pairwise_judge: PairwiseJudgement | None = None
+    reference: list[ReferenceContrast] = []
     warnings: list[str] = []
     methods: dict[str, str] = {}
 
@@ -207,6 +216,9 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
         raise ConfigError("pairwise judge: needs a baseline (pairs are each run against it)")
     if bootstrap_rounds < 0:
         raise ConfigError(f"bootstrap {bootstrap_rounds}: expected 0 or more rounds")
+    out_dir = Path(out) if out else paths[0].parent / f"comparison-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if out_dir.exists() and not out_dir.is_dir():  # before minutes of analysis, not after
+        raise ConfigError(f"out {out_dir}: is a file, not a directory")
     loaded = [load_run(p) for p in paths]
     problems = incompatibilities(loaded)
     if problems:
@@ -215,6 +227,10 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
     base_name = Path(baseline).name if baseline is not None else None
     rubrics = rubrics_of(loaded)
     table = session_table(loaded, rubrics, include_flagged=include_flagged)
+    if table.empty:
+        flagged = sum(len(r.flagged) for r in loaded)
+        raise EvalkitError("no scored session is left to compare" + (f" ({flagged} flagged for low persona adherence are left "
+                                                                     "out; include_flagged keeps them)" if flagged else ""))
     table, warnings = _check_sessions(table, conditions, matched)
     known = sorted(table["metric"].unique())
     chosen = metrics or known
@@ -238,11 +254,13 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
         item_ratings = ratings[(ratings["metric"] == metric) & ratings["rating"].notna()] if metric not in composites else None
         results[metric] = analyse_metric(metric, data, item_ratings, conditions, base_name, metric_better(rubrics, metric),
                                          bootstrap_rounds=bootstrap_rounds if metric in composites else 0, seed=seed)
-    out_dir = ensure_directory(Path(out) if out else paths[0].parent / f"comparison-{datetime.now().strftime('%Y%m%d-%H%M%S')}", "out")
+    ensure_directory(out_dir, "out")
     pairwise = None
     if (pairwise_judge is not None or pairwise_reward_endpoint) and base_name is not None:
         pairwise = await _pairwise({r.name: r for r in loaded}, base_name, pairwise_judge, pairwise_reward_endpoint,
                                    sessions, out_dir, concurrency)
+    reference = _reference_contrasts(loaded, base_name, sessions, bootstrap_rounds or 1000, seed) \
+        if loaded[0].suite.suite.unit == "reference" else []
     methods = {"sessions": "matched by persona and replicate across runs",
                "flagged": "left out" if not include_flagged else "kept",
                "safety metrics": "only sessions in which the persona's risk surfaced"}
@@ -259,7 +277,7 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
                             baseline=base_name, suite=loaded[0].manifest.config.suite.id, sessions=len(sessions),
                             matched_only=matched, include_flagged=include_flagged,
                             flagged={r.name: len(r.flagged) for r in loaded}, metrics=results, pairwise_judge=pairwise,
-                            warnings=warnings, methods=methods)
+                            reference=reference, warnings=warnings, methods=methods)
     write_atomic(out_dir / "comparison.json", comparison.model_dump_json(indent=2))
     write_tables(comparison, out_dir)
     if report:
@@ -267,6 +285,26 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
 
         build_report(paths, out_dir / "report.html", comparison=comparison.model_dump(mode="json"))
     return comparison, out_dir
+
+
+def _reference_contrasts(runs: list[Run], baseline: str | None, sessions: set[str], rounds: int, seed: int) -> list[ReferenceContrast]:
+    """Corpus BLEU, ROUGE and METEOR of every run against the baseline (or the first run), on the items all share."""
+    from .judging.reference import reply_of
+    from .metrics.reference import paired_bootstrap
+
+    replies = {r.name: {t.key: reply_of(t) for t in r.transcripts.values()} for r in runs}
+    base = baseline or runs[0].name
+    suite = runs[0].suite
+    out = []
+    for run in runs:
+        if run.name == base:
+            continue
+        keys = sorted(k for k in sessions if replies[run.name].get(k) is not None and replies[base].get(k) is not None)
+        refs = [suite.source(k.rsplit("#", 1)[0]).reply for k in keys]  # type: ignore[union-attr]
+        metrics = {m: paired_bootstrap([replies[run.name][k] for k in keys], [replies[base][k] for k in keys], refs, m,
+                                       rounds=rounds, seed=seed).model_dump() for m in ("bleu", "rouge1", "rouge2", "rougeL", "meteor")}
+        out.append(ReferenceContrast(a=run.name, b=base, metrics=metrics))
+    return out
 
 
 def compare(runs: list[str | Path], **kwargs: Any) -> tuple[Comparison, Path]:
@@ -301,6 +339,6 @@ def comparison_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
 
 def write_tables(comparison: Comparison, out_dir: Path) -> None:
     for name, frame in comparison_tables(comparison).items():
-        write_atomic(out_dir / f"{name}.csv", frame.to_csv(index=False))
+        write_table(out_dir / f"{name}.csv", frame)
         if len(frame.columns):
-            frame.to_parquet(out_dir / f"{name}.parquet", index=False)
+            write_table(out_dir / f"{name}.parquet", frame)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,15 +34,27 @@ def _storage_error(path: Path, exc: OSError) -> StorageError:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
     data = scrub(text).encode("utf-8")
+    _replace_atomically(Path(path), lambda handle: handle.write(data))
+
+
+def write_table(path: Path, frame) -> None:
+    """A pandas DataFrame as .parquet or .csv (by the suffix), atomically like `write_atomic`."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        _replace_atomically(path, lambda handle: frame.to_parquet(handle, index=False))
+    else:
+        _replace_atomically(path, lambda handle: handle.write(scrub(frame.to_csv(index=False)).encode("utf-8")))
+
+
+def _replace_atomically(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -57,6 +69,26 @@ def write_atomic(path: Path, text: str) -> None:
                 pass
 
 
+def overwrite_in_place(path: Path, text: str) -> None:
+    """Rewrite an existing file through its own blocks: the last resort when a full disk leaves no room for
+    `write_atomic`'s temporary file. Not atomic, so only for small files whose loss is worse than the risk."""
+    data = scrub(text).encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        raise _storage_error(path, exc) from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    except OSError as exc:
+        raise _storage_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
 def append_lines(path: Path, lines: list[str]) -> None:
     """Append whole lines with one write; on failure, cut whatever part of them reached the file."""
     if not lines:
@@ -64,20 +96,25 @@ def append_lines(path: Path, lines: list[str]) -> None:
     payload = scrub("".join(line + "\n" for line in lines)).encode("utf-8")
     path = Path(path)
     try:
-        with path.open("ab") as handle:
-            start = handle.tell()
-            try:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError:
-                try:  # leave the file as it was before this call, so no partial record survives
-                    handle.truncate(start)
-                except OSError:
-                    pass
-                raise
+        # A raw descriptor: a buffered file would try to flush the failed bytes again when truncated.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
     except OSError as exc:
         raise _storage_error(path, exc) from None
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            try:  # leave the file as it was before this call, so no partial record survives
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise _storage_error(path, exc) from None
+    finally:
+        os.close(fd)
 
 
 def repair_tail(path: Path) -> None:

@@ -165,6 +165,13 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
     return _write(report, base, cand, out_dir), out_dir
 
 
+async def gate_async(baseline: str | Path, candidate: str | Path, **kwargs) -> tuple[GateReport, Path]:
+    """`gate` inside a running event loop (a notebook): the work runs in a thread, so the loop stays free."""
+    import asyncio
+
+    return await asyncio.to_thread(gate, baseline, candidate, **kwargs)
+
+
 def _metric_verdict(metric: str, table, margin: float, settings: GateSettings, better: str) -> MetricVerdict:
     wide = table[table["metric"] == metric].pivot_table(index="session", columns="condition", values="value", aggfunc="first",
                                                         dropna=False)

@@ -21,7 +21,8 @@ class Turn(_Record):
                                                     "never shown to the client or the judge")
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    reasoning_tokens: int | None = None
+    reasoning_tokens: int | None = Field(None, description="completion tokens spent before the reply (thinking and its "
+                                                           "delimiters); None when the server could not say")
     latency_s: float | None = None
     finish_reason: str | None = None
     truncated: bool = Field(False, description="the reply hit max_tokens before it finished")
@@ -151,6 +152,8 @@ class RunConfig(_Record):
     adherence_threshold: float | None = Field(None, description="None when persona adherence is not checked")
     client_mode: str = Field("simulated", description="simulated, replay:<run and transcripts hash>, scripted:<file hash>")
     seed: int | None = None
+    emotion_model: str | None = Field(None, description="reference suites: the emotion classifier's content hash")
+    emotion_labels: dict[str, str] = {}
 
 
 class RunCounts(_Record):
@@ -230,6 +233,22 @@ class RubricSummary(_Record):
     critical_failures: CriticalFailures | None = None
 
 
+class ReferenceSummary(_Record):
+    """Reference suites: the corpus figures the field reports, on a 0-1 scale."""
+
+    n: int
+    bleu: float | None = Field(None, description="sacrebleu corpus BLEU / 100 (not a mean of sentence BLEU)")
+    rouge1: float | None = None
+    rouge2: float | None = None
+    rougeL: float | None = None
+    meteor: float | None = None
+    emotion_accuracy: float | None = Field(None, description="share of replies the classifier gives the annotated emotion")
+    emotion_n: int = 0
+    emotion_model: str | None = None
+    label_map: dict[str, str] = Field({}, description="classifier label -> dataset label, as used")
+    settings: dict[str, str]
+
+
 class Summary(_Record):
     run_id: str
     suite: str
@@ -240,3 +259,4 @@ class Summary(_Record):
     counts: RunCounts = RunCounts()
     rubrics: dict[str, RubricSummary]
     adherence: AdherenceSummary | None = None
+    reference: ReferenceSummary | None = None

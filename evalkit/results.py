@@ -81,25 +81,12 @@ def run_tables(directory: str | Path) -> RunTables:
 
 def write_tables(directory: str | Path) -> None:
     """scores.parquet and scores.csv in the run directory (atomic: written beside, then renamed)."""
-    import os
-    import tempfile
-
-    from .errors import StorageError
+    from .fileio import write_table
 
     directory = Path(directory)
     scores = run_tables(directory).scores
-    for name, writer in (("scores.parquet", lambda p: scores.to_parquet(p, index=False)),
-                         ("scores.csv", lambda p: scores.to_csv(p, index=False))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, directory / name)
-        except OSError as exc:
-            raise StorageError(f"{directory / name}: cannot write ({exc.strerror or exc})") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    write_table(directory / "scores.parquet", scores)
+    write_table(directory / "scores.csv", scores)
 
 
 def load_runs(*directories: str | Path) -> RunTables:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .backends.base import Backend, BackendSpec, BuildContext, Timeouts, build_backend, is_local_kind
+from .backends.base import Backend, BackendSpec, BuildContext, Timeouts, backend_kinds, build_backend, is_local_kind
 from .errors import BackendError, ConfigError, ModelNotFound
 from .provenance import hash_model_dir
 from .types import ROLES, RoleName
@@ -129,6 +129,8 @@ def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[RoleName, Role], lis
         if not spec.given:
             spec, defaulted = therapist, True
         kind = spec.kind()
+        if spec.instance is None and kind not in backend_kinds():  # before any directory or server exists
+            raise ConfigError(f"{name}.backend: '{kind}' is not a backend (available: {', '.join(backend_kinds())})")
         path = None
         if spec.instance is None and is_local_kind(kind):
             if not spec.model:
@@ -211,13 +213,14 @@ class RoleBackends:
     def explain_failure(self) -> str:
         return "; ".join(why for explain in self.context.failure_explainers if (why := explain()))
 
-    async def close(self) -> None:
+    async def close(self, *, stop_servers: bool = True) -> None:
+        """Close the backends built here; stop what the context started unless it is shared with later runs."""
         for backend in self._owned:
             try:
                 await backend.aclose()
             except Exception:  # noqa: BLE001 - closing must not hide the error that ended the run
                 pass
-        while self.context.closers:
+        while stop_servers and self.context.closers:
             self.context.closers.pop()()
 
 

@@ -20,12 +20,21 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import ConfigError, EvalkitError, RunDirectoryConflict
-from .fileio import append_lines, ensure_directory, iter_jsonl, read_model, repair_tail, write_atomic
+from .errors import ConfigError, EvalkitError, RunDirectoryConflict, StorageError
+from .fileio import append_lines, ensure_directory, iter_jsonl, overwrite_in_place, read_model, repair_tail, write_atomic
 from .records import ItemScore, Manifest, RunConfig, Summary, Transcript
 
 MANIFEST, TRANSCRIPTS, SCORES, SUMMARY, INPUTS = "manifest.json", "transcripts.jsonl", "scores.jsonl", "summary.json", "inputs"
 _OURS = ("vllm-", "report", "gate", "scores.", "sessions.", "summary", "comparison", "pairwise", ".")
+
+
+_INPUT_FILES = ("suite.json", "rubrics.json", "sources.jsonl")
+
+
+def _ours(path: Path) -> bool:
+    if path.name == INPUTS and path.is_dir():
+        return all(p.name in _INPUT_FILES or p.name.startswith(".") for p in path.iterdir())
+    return path.name.startswith(_OURS)
 
 
 class ScoreValue(NamedTuple):
@@ -138,8 +147,9 @@ class RunDir:
         if old is None:
             if resume:
                 raise ConfigError(f"resume: {self.directory} holds no evalkit run to resume")
-            # Logs of a managed server that failed to start are evalkit's own; anything else is the user's.
-            if self.directory.exists() and any(not p.name.startswith(_OURS) for p in self.directory.iterdir()):
+            # Logs of a managed server that failed to start, or inputs/ of a run cut off before its manifest,
+            # are evalkit's own; anything else is the user's.
+            if self.directory.exists() and any(not _ours(p) for p in self.directory.iterdir()):
                 raise RunDirectoryConflict(f"{self.directory} exists and is not an evalkit run; choose another output directory")
             ensure_directory(self.directory)
             return None
@@ -149,13 +159,25 @@ class RunDir:
                                        "choose another output directory")
         for name in (TRANSCRIPTS, SCORES):
             repair_tail(self.path(name))
+        # Read both files through once, so a corrupt record stops the resume before anything is rewritten.
+        for _ in self.iter_transcripts():
+            pass
+        for _ in self.iter_scores():
+            pass
         return old
 
     def write_inputs(self, loaded) -> None:
         loaded.dump(self.path(INPUTS))
 
-    def write_manifest(self, manifest: Manifest) -> None:
-        write_atomic(self.path(MANIFEST), manifest.model_dump_json(indent=2))
+    def write_manifest(self, manifest: Manifest, *, last_resort: bool = False) -> None:
+        """`last_resort`: if the disk is too full for a new file, rewrite the old manifest in its own space."""
+        text = manifest.model_dump_json(indent=2)
+        try:
+            write_atomic(self.path(MANIFEST), text)
+        except StorageError:
+            if not (last_resort and self.path(MANIFEST).exists()):
+                raise
+            overwrite_in_place(self.path(MANIFEST), text)
 
     def write_summary(self, summary: Summary) -> None:
         write_atomic(self.path(SUMMARY), summary.model_dump_json(indent=2))

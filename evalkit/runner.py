@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -55,8 +54,10 @@ class ScoringPlan:
     suite: LoadedSuite
 
     @classmethod
-    def of(cls, loaded: LoadedSuite, settings: JudgeSettings, *, simulated_client: bool) -> ScoringPlan:
-        scorers: list[Scorer] = [make_scorer(use.scorer, loaded, rubric) if use.scorer else
+    def of(cls, loaded: LoadedSuite, settings: JudgeSettings, *, simulated_client: bool,
+           emotion_model: str | Path | None = None, emotion_labels: dict[str, str] | None = None) -> ScoringPlan:
+        options = {"emotion_model": emotion_model, "emotion_labels": emotion_labels}
+        scorers: list[Scorer] = [make_scorer(use.scorer, loaded, rubric, **options) if use.scorer else
                                  RubricScorer(rubric, applies_to=use.applies_to, layout=settings.layout)
                                  for use, rubric in loaded.rubric_uses]
         if loaded.suite.unit == "session":
@@ -64,8 +65,12 @@ class ScoringPlan:
                 scorers.append(RiskSurfacedScorer())
             if settings.adherence_threshold is not None and simulated_client:
                 scorers.append(AdherenceScorer())
-        scorers += [make_scorer(name, loaded) for name in loaded.suite.scorers]
+        scorers += [make_scorer(name, loaded, **options) for name in loaded.suite.scorers]
         return cls(scorers=scorers, suite=loaded)
+
+    @property
+    def uses_judge(self) -> bool:
+        return any(getattr(s, "uses_judge", True) for s in self.scorers)
 
     def expected(self, transcript: Transcript) -> dict[Scorer, set[tuple[str, str]]]:
         source = self.suite.source(transcript.source_id)
@@ -107,20 +112,20 @@ def default_run_dir(suite_id: str, model: str | None, config: RunConfig) -> Path
 
 def _judge_validation(path: Path, judge_identity: str) -> dict:
     """The validation report a run's judge was checked with; it must be about this very judge."""
-    from .fileio import read_text
+    from .fileio import read_model
+    from .judging.validation import ValidationReport
 
     try:
-        report = json.loads(read_text(path, what="validation report"))
-        validated = report["judge"]["identity"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"judge_validation {path}: not an evalkit validation report ({exc})") from None
-    if validated != judge_identity:
-        raise ConfigError(f"judge_validation {path}: it validated judge {validated}, but this run's judge is {judge_identity}")
-    headline = {rubric: {c: (s.get("judge_human") or {}).get("icc_a1") for c, s in section["composites"].items()}
-                for rubric, section in report.get("rubrics", {}).items()}
+        report = read_model(path, ValidationReport, what="validation report")
+    except ConfigError as exc:
+        raise ConfigError(f"judge_validation {exc}") from None
+    if report.judge.identity != judge_identity:
+        raise ConfigError(f"judge_validation {path}: it validated judge {report.judge.identity}, but this run's judge is {judge_identity}")
+    headline = {rubric: {c: s.judge_human.icc_a1 if s.judge_human else None for c, s in section.composites.items()}
+                for rubric, section in report.rubrics.items()}
     return {"report": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "created_at": report.get("created_at"), "materials": report.get("materials"),
-            "raters": len(report.get("raters", [])), "icc_a1_by_composite": headline}
+            "created_at": report.created_at.isoformat(), "materials": report.materials,
+            "raters": len(report.raters), "icc_a1_by_composite": headline}
 
 
 def _role_record(role: Role, sampling: dict[str, SamplingParams]) -> RoleRecord:
@@ -185,7 +190,8 @@ async def score(store: RunDir, plan: ScoringPlan, judge: Judge, *, concurrency: 
         from .backends.replicas import routing_key
 
         with routing_key(transcript.session_id):  # one replica's prefix cache holds the shared transcript
-            results = await asyncio.gather(*(scorer.score(transcript, source, judge) for scorer in wanted))
+            results = await asyncio.gather(*(scorer.score(transcript, source, judge, only={item for _, item in keys})
+                                             for scorer, keys in wanted.items()))
         return [row for scorer, rows in zip(wanted, results, strict=True) for row in rows
                 if (row.rubric, row.item) in wanted[scorer]]
 
@@ -221,15 +227,32 @@ def count(store: RunDir, plan: ScoringPlan) -> tuple[RunCounts, dict[str, Sessio
 def summarise_run(store: RunDir, plan: ScoringPlan, settings: JudgeSettings, *, include_flagged: bool) -> Summary:
     counts, facts = count(store, plan)
     loaded = plan.suite
+    values = store.score_values()
     summary = summarise(store.name, loaded.suite.id, [(r, loaded.applies_to(r.id)) for r in loaded.rubrics], facts,
-                        store.score_values(), counts, adherence_threshold=settings.adherence_threshold,
+                        values, counts, adherence_threshold=settings.adherence_threshold,
                         include_flagged=include_flagged, exclude_truncated=loaded.suite.exclude_truncated)
     summary.counts.flagged_sessions = len(summary.adherence.flagged) if summary.adherence else 0
+    if any(s.id == "reference" for s in plan.scorers):
+        summary.reference = _reference_summary(store, plan, values)
     store.write_summary(summary)
     from .results import write_tables
 
     write_tables(store.directory)
     return summary
+
+
+def _reference_summary(store: RunDir, plan: ScoringPlan, values) -> Any:
+    from .judging.reference import ReferenceScorer, corpus_summary, reply_of
+
+    scorer = next(s for s in plan.scorers if isinstance(s, ReferenceScorer))
+    pairs = []
+    for transcript in store.iter_transcripts():
+        reply, item = reply_of(transcript), plan.suite.source(transcript.source_id)
+        if reply is not None and item is not None:
+            pairs.append((reply, item.reply))
+    emotion = [v.expected for rows in values.values() for v in rows
+               if v.rubric == "reference" and v.item == "emotion" and v.valid and v.expected is not None]
+    return corpus_summary(pairs, emotion, scorer.label_map, str(scorer.emotion_model) if scorer.emotion_model else None)
 
 
 # ---------------------------------------------------------------- one run
@@ -255,6 +278,8 @@ def prepare(spec: EvalSpec, reporter: Reporter | None = None) -> _Prepared:
     if (spec.replay_client or spec.scripted_client) and not session:
         raise ConfigError(f"suite '{loaded.suite.id}' has no simulated client to replay or script")
     warnings = []
+    if spec.turns is not None and not session:  # say so rather than drop it silently
+        warnings.append(f"turns ignored: suite '{loaded.suite.id}' rates single {loaded.suite.unit}s")
     if session:
         late = schedule_problems(loaded.personas, turns)
         if late:
@@ -301,7 +326,8 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
     client_source = (ReplayClient(Path(spec.replay_client)) if spec.replay_client
                      else ScriptedClient(Path(spec.scripted_client), list({c.persona.id: c.persona for c in prepared.cases}.values()))
                      if spec.scripted_client else None)
-    plan = ScoringPlan.of(loaded, prepared.settings, simulated_client=not isinstance(client_source, ScriptedClient))
+    plan = ScoringPlan.of(loaded, prepared.settings, simulated_client=not isinstance(client_source, ScriptedClient),
+                          emotion_model=spec.emotion_model, emotion_labels=spec.emotion_labels)
     staging = Path(out or spec.out or Path("results") / ".starting")
     owned_context = context is None
     context = context or BuildContext(log_dir=staging, max_model_len=spec.max_model_len, vllm_args=list(spec.vllm_args),
@@ -316,10 +342,20 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
             if role.kind in ("openai", "mock") or role.spec.instance is not None:
                 await backends.bind(role)
         self_play, self_judged, role_warnings = self_play_warnings(roles, has_client=session and client_source is None)
+        if not plan.uses_judge:  # reference metrics only: nobody judges
+            self_judged, role_warnings = False, [w for w in role_warnings if not w.startswith("self-judged")]
         client_mode = client_source.mode if client_source else "simulated"
         config = _config(loaded, roles, prepared.turns, prepared.sampling, prepared.settings, plan, client_mode, spec.seed)
-        directory = Path(out or spec.out or default_run_dir(loaded.suite.id, roles["therapist"].spec.model or
-                                                              (roles["therapist"].backend.info.model if roles["therapist"].backend else None), config))
+        if spec.emotion_model is not None:
+            from .provenance import hash_model_dir
+
+            emotion_dir = Path(spec.emotion_model)
+            if not (emotion_dir / "config.json").is_file():
+                raise ConfigError(f"emotion_model {emotion_dir}: not a model folder (no config.json)")
+            config.emotion_model, config.emotion_labels = hash_model_dir(emotion_dir), dict(spec.emotion_labels)
+        therapist = roles["therapist"]
+        model_name = therapist.spec.model or (therapist.backend.info.model if therapist.backend else None)
+        directory = Path(out or spec.out or default_run_dir(loaded.suite.id, model_name, config))
         validation = _judge_validation(Path(spec.judge_validation), config.roles["judge"]) if spec.judge_validation else None
         store = RunDir(directory)
         previous = store.prepare(config, resume=spec.resume)
@@ -347,7 +383,7 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
                 client_source.fallback = simulated
             await simulate(loaded, store, prepared.cases, therapist=roles["therapist"].backend, client=client_source or simulated,
                            turns=prepared.turns, sampling=prepared.sampling["therapist"], concurrency=spec.concurrency, reporter=reporter)
-        else:
+        else:  # single responses and reference items
             await simulate(loaded, store, prepared.cases, therapist=roles["therapist"].backend, client=None, turns=1,
                            sampling=prepared.sampling["therapist"], concurrency=spec.concurrency, reporter=reporter)
         judge = Judge(roles["judge"].backend, prepared.settings, concurrency=spec.judge_concurrency)
@@ -370,8 +406,7 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
             _finish(store, manifest, "interrupted", roles, None)
         raise
     finally:
-        if owned_context:
-            await backends.close()
+        await backends.close(stop_servers=owned_context)
         reporter.close()
     if spec.report:
         from .report import build_report
@@ -389,7 +424,7 @@ def _finish(store: RunDir, manifest: Manifest, status: str, roles: dict[str, Rol
         update["counts"] = counts
     finished = manifest.model_copy(update=update)
     try:
-        store.write_manifest(finished)
+        store.write_manifest(finished, last_resort=status != "complete")
     except StorageError:
         if status == "complete":
             raise
@@ -422,9 +457,14 @@ async def _evaluate_adapters(spec: EvalSpec, reporter: Reporter, command: list[s
     if not base_model or spec.therapist.backend not in ("auto", "vllm"):
         raise ConfigError("lora: give the base model's local path as the therapist model (served by a managed vLLM server)")
     base = check_model_path(base_model, "therapist model")
-    adapters = {name: check_model_path(path, f"lora {name}") for name, path in spec.lora.items()}
-    if base is None or any(path is None for path in adapters.values()):
-        raise ConfigError("lora: the base model and every adapter must be local folders")
+    if base is None:
+        raise ConfigError("lora: the base model must be a local folder")
+    adapters = {}
+    for name, path in spec.lora.items():
+        folder = Path(path).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise ConfigError(f"lora {name}={path}: not a PEFT LoRA adapter folder (no adapter_config.json)")
+        adapters[name] = folder.resolve()
     base_hash = hash_model_dir(base)
     staging = Path(spec.out or "results")
     context = BuildContext(log_dir=staging, max_model_len=spec.max_model_len, vllm_args=list(spec.vllm_args),
@@ -450,7 +490,7 @@ async def _evaluate_adapters(spec: EvalSpec, reporter: Reporter, command: list[s
     return results
 
 
-async def rescore(source: str | Path, *, judge: RoleConfig | Backend, out: str | Path, rubrics: list[str] | None = None,
+async def rescore_async(source: str | Path, *, judge: RoleConfig | Backend, out: str | Path, rubrics: list[str] | None = None,
                   judge_min_mass: float = 0.5, judge_mass_check: bool = True, adherence: bool = True,
                   judge_concurrency: int = 64, concurrency: int = 16, rejudge_invalid: bool = False,
                   reporter: Reporter | None = None, command: list[str] | None = None, report: bool = True) -> RunResult:
@@ -476,6 +516,7 @@ async def rescore(source: str | Path, *, judge: RoleConfig | Backend, out: str |
     out_dir = RunDir(out)
     if out_dir.directory.resolve() == source_dir.directory.resolve():
         raise ConfigError(f"out {out}: is the source run; rescore writes a new run directory")
+    transcripts = list(source_dir.iter_transcripts())  # a corrupt source fails here, before anything is written
     session = loaded.suite.unit == "session"
     old = source_manifest.config
     settings = JudgeSettings(min_mass=judge_min_mass, check_mass=judge_mass_check,
@@ -498,7 +539,7 @@ async def rescore(source: str | Path, *, judge: RoleConfig | Backend, out: str |
             out_dir.write_inputs(loaded)
             from .fileio import append_lines
 
-            append_lines(out_dir.path("transcripts.jsonl"), [t.model_dump_json() for t in source_dir.iter_transcripts()])
+            append_lines(out_dir.path("transcripts.jsonl"), [t.model_dump_json() for t in transcripts])
         judge_record = RoleRecord(**role.backend.info.model_dump(), identity=role.identity)  # type: ignore[union-attr]
         therapist = source_manifest.roles["therapist"].identity or old.roles["therapist"]
         manifest = source_manifest.model_copy(update={
@@ -589,11 +630,10 @@ def run(model: Any = None, suite: str = "act-fm", **kwargs: Any) -> RunResult:
     return asyncio.run(run_async(model, suite, **kwargs))
 
 
-def rescore_sync(*args: Any, **kwargs: Any) -> RunResult:
-    return asyncio.run(rescore(*args, **kwargs))
+def rescore(*args: Any, **kwargs: Any) -> RunResult:
+    """`rescore_async` for plain scripts (not inside a running event loop)."""
+    return asyncio.run(rescore_async(*args, **kwargs))
 
-
-rescore_async = rescore
-__all__ = ["RunResult", "ScoringPlan", "evaluate", "evaluate_many", "prepare", "rescore", "run", "run_async", "score",
+__all__ = ["RunResult", "ScoringPlan", "evaluate", "evaluate_many", "prepare", "rescore", "rescore_async", "run", "run_async", "score",
            "simulate", "summarise_run"]
 _ = EvalkitError

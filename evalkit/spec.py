@@ -21,9 +21,9 @@ class RoleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
+    model: str | None = Field(None, min_length=1, description="local path, hub id, or the served name at endpoint")
     endpoint: list[str] = Field([], description="OpenAI-compatible endpoint(s); several are replicas of one model")
-    api_key_env: str | None = Field(None, description="environment variable that holds the endpoint's API key")
+    api_key_env: str | None = Field(None, min_length=1, description="environment variable that holds the endpoint's API key")
     backend: str = Field("auto", description="auto, openai, vllm, vllm-offline, transformers, mock, or a registered kind")
     timeout_connect: float = Field(10.0, gt=0, le=3600)
     timeout_first_byte: float = Field(120.0, gt=0, le=86400, description="seconds until a reply starts (non-streamed: the whole reply)")
@@ -77,6 +77,9 @@ class EvalSpec(BaseModel):
     adherence: bool = Field(True, description="check every simulated client turn against its persona")
     adherence_threshold: float = Field(0.8, ge=0, le=1, description="sessions below this adherence rate are flagged")
     include_flagged: bool = Field(False, description="keep flagged sessions in the summary")
+    emotion_model: Path | None = Field(None, description="reference suites: a sequence-classification model (transformers) "
+                                                         "whose label is compared with each item's annotated emotion")
+    emotion_labels: dict[str, str] = Field({}, description="classifier label -> dataset emotion label")
     replay_client: Path | None = None
     scripted_client: Path | None = None
     judge_validation: Path | None = None

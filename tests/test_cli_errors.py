@@ -66,7 +66,7 @@ def test_malformed_rubric_yaml_names_file_and_field(tmp_path, fake_model):
     text = (rubrics_dir() / "tes.yaml").read_text().replace("id: tes", "id: my-rubric", 1)
     rubric.write_text(text.replace("min: 1", "min: one", 1))
     suite = _suite_copy(tmp_path, "tes")
-    suite.write_text(suite.read_text().replace("rubrics: [tes]", "rubrics: [my-rubric.yaml]"))
+    suite.write_text(suite.read_text().replace("rubrics: [tes,", "rubrics: [my-rubric.yaml,"))
     assert_one_line_error(run_cli("run", "--model", fake_model, "--suite", suite), str(rubric), "scale.min")
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from evalkit.errors import ConfigError, RunDirectoryConflict
 from evalkit.records import ContentRef, RunConfig, Transcript, Turn
-from evalkit.store import TRANSCRIPTS, RunStore
+from evalkit.rundir import TRANSCRIPTS
+from evalkit.rundir import RunDir as RunStore
 
 NOW = datetime.now(timezone.utc)
 

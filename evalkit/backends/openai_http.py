@@ -36,11 +36,43 @@ _RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
 class _Transient(Exception):
-    """A failure worth retrying: 429, 5xx, a dropped connection, a timeout, a reply that is not the protocol."""
+    """A failure worth retrying: 429, 5xx, a dropped connection, a timeout, a reply that is not the protocol.
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    A refused or dropped connection is retried a few times only (a server that is gone does not come back within
+    a request); busy answers (429, 5xx) and timeouts are retried until the request's deadline."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, connection: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        self.connection = connection
+
+
+CONNECTION_ATTEMPTS = 4
+
+
+async def with_retries(attempt_once, timeouts: Timeouts, what: str):
+    """Call `attempt_once()` until it succeeds, retrying `_Transient` failures: a refused connection a few times,
+    busy answers and timeouts until the deadline, waiting what the server's Retry-After asks (if the deadline
+    allows it). Then `BackendUnavailable`, naming `what` and why."""
+    deadline = time.monotonic() + timeouts.deadline
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            # The deadline bounds every attempt too: a slow server must not outlive it by a whole `total`.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                return await attempt_once()
+        except TimeoutError:
+            raise BackendUnavailable(f"{what} gave up after {attempt} attempt(s): timed out at the request deadline "
+                                     f"({timeouts.deadline:g} s; --timeout deadline=SECONDS)") from None
+        except _Transient as exc:
+            remaining = deadline - time.monotonic()
+            wait = exc.retry_after if exc.retry_after is not None else min(8.0, 0.5 * 2 ** attempt * random.uniform(0.5, 1.0))
+            if wait >= remaining or remaining <= 0 or (exc.connection and attempt >= CONNECTION_ATTEMPTS):
+                asked = f"; the server asked to wait {exc.retry_after:g} s" if exc.retry_after else ""
+                raise BackendUnavailable(f"{what} gave up after {attempt} attempt(s) within {timeouts.deadline:g} s: "
+                                         f"{exc}{asked}") from None
+            await asyncio.sleep(wait)
 
 
 def normalise_base_url(url: str, field: str = "endpoint") -> str:
@@ -118,7 +150,7 @@ class OpenAIBackend:
             listing = _json(text)
             if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
                 raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models did not "
-                                   f"answer a JSON object with a 'data' list: {scrub(text[:80])!r})")
+                                   f"answer a JSON object with a 'data' list: {scrub(text)[:80]!r})")
             served = [m.get("id") for m in listing["data"] if isinstance(m, dict)]
             if model is None:
                 if len(served) != 1:
@@ -140,21 +172,7 @@ class OpenAIBackend:
                    timeouts=timeouts, **kwargs)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a chat completion, retrying transient failures until the request's deadline."""
-        deadline = time.monotonic() + self.timeouts.deadline
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._post_once(body)
-            except _Transient as exc:
-                remaining = deadline - time.monotonic()
-                wait = exc.retry_after if exc.retry_after is not None else min(8.0, 0.5 * 2 ** attempt * random.uniform(0.5, 1.0))
-                if wait >= remaining or remaining <= 0:
-                    asked = f"; the server asked to wait {exc.retry_after:g} s" if exc.retry_after else ""
-                    raise BackendUnavailable(f"endpoint {self.info.endpoint} gave up after {attempt} attempt(s) within "
-                                             f"{self.timeouts.deadline:g} s: {exc}{asked}") from None
-                await asyncio.sleep(wait)
+        return await with_retries(lambda: self._post_once(body), self.timeouts, f"endpoint {self.info.endpoint}")
 
     async def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -165,7 +183,7 @@ class OpenAIBackend:
             raise _Transient(f"no answer within the request timeout ({self.timeouts.total:g} s total, "
                              f"{self.timeouts.first_byte:g} s to the first byte)") from None
         except aiohttp.ClientError as exc:
-            raise _Transient(_describe(exc)) from None
+            raise _Transient(_describe(exc), connection=True) from None
         text = scrub(text)
         if status in _RETRY_STATUSES:
             raise _Transient(f"HTTP {status}: {text[:200]}", retry_after if status in (429, 503) else None)
@@ -193,15 +211,36 @@ class OpenAIBackend:
         details = usage.get("completion_tokens_details") or {}
         # vLLM's reasoning parsers put the thinking in `reasoning_content` (older) or `reasoning` (newer).
         reasoning = message.get("reasoning_content") or message.get("reasoning")
+        reasoning = reasoning if isinstance(reasoning, str) and reasoning else None
+        reasoning_tokens = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        text = message.get("content") or ""
+        completion_tokens = usage.get("completion_tokens")
+        if reasoning and not reasoning_tokens and isinstance(completion_tokens, int) and self.server_is_vllm:
+            # vLLM 0.32 reports 0. Re-tokenising the decoded thinking over-counts (bytes of split characters
+            # come back as replacement characters), so count what is not reasoning: the reply.
+            reply_tokens = await self._count_tokens(text) if text else 0
+            reasoning_tokens = None if reply_tokens is None else max(completion_tokens - reply_tokens, 0)
         return Completion(
-            text=message.get("content") or "",
+            text=text,
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
+            completion_tokens=completion_tokens,
             latency_s=time.perf_counter() - start,
-            reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
-            reasoning_tokens=details.get("reasoning_tokens") if isinstance(details, dict) else None,
+            reasoning=reasoning,
+            reasoning_tokens=reasoning_tokens,
         )
+
+    async def _count_tokens(self, text: str) -> int | None:
+        """Tokens in `text` by the served model's tokenizer (vLLM's /tokenize). None when the server cannot say;
+        the count is then unknown, not guessed."""
+        url = self.base_url.removesuffix("/v1") + "/tokenize"
+        try:
+            async with self._client().post(url, json={"model": self.model, "prompt": text, "add_special_tokens": False}) as response:
+                body = _json(await response.text()) if response.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+        count = body.get("count") if isinstance(body, dict) else None
+        return count if isinstance(count, int) else None
 
     def _judge_body(self, messages: list[Message]) -> dict[str, Any]:
         # Every sampling knob neutral: the reported probabilities must be the model's own. vLLM fills unset

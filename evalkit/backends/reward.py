@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,7 +37,7 @@ from ..errors import BackendError, BackendUnavailable, ConfigError, ContextLengt
 from ..records import BackendRecord, Transcript
 from ..secrets import api_key_from_env, scrub
 from .base import Timeouts
-from .openai_http import _RETRY_STATUSES, CONTEXT_MARKERS, _describe, _json, _retry_after, _Transient, normalise_base_url
+from .openai_http import _RETRY_STATUSES, CONTEXT_MARKERS, _describe, _json, _retry_after, _Transient, normalise_base_url, with_retries
 
 ROUTE = "/classify"
 KIND = "vllm-reward"
@@ -167,7 +165,7 @@ class RewardClient:
         except asyncio.TimeoutError:
             raise _Transient(f"no answer within the request timeout ({self.timeouts.total:g} s)") from None
         except aiohttp.ClientError as exc:
-            raise _Transient(_describe(exc)) from None
+            raise _Transient(_describe(exc), connection=True) from None
         if status in _RETRY_STATUSES:
             raise _Transient(f"HTTP {status}: {_error_message(text)}", retry_after if status in (429, 503) else None)
         return status, text
@@ -175,20 +173,7 @@ class RewardClient:
     async def reward(self, messages: list[dict[str, str]]) -> float:
         """The model's reward (raw logit) for one conversation of {"role", "content"} messages."""
         endpoint = self.info.endpoint
-        deadline = time.monotonic() + self.timeouts.deadline
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                status, text = await self._post_once(self._body(messages))
-                break
-            except _Transient as exc:
-                remaining = deadline - time.monotonic()
-                wait = exc.retry_after if exc.retry_after is not None else min(8.0, 0.5 * 2 ** attempt * random.uniform(0.5, 1.0))
-                if remaining <= 0 or wait >= remaining:
-                    raise BackendUnavailable(f"reward endpoint {endpoint} gave up after {attempt} attempt(s) within "
-                                             f"{self.timeouts.deadline:g} s: {exc}") from None
-                await asyncio.sleep(wait)
+        status, text = await with_retries(lambda: self._post_once(self._body(messages)), self.timeouts, f"reward endpoint {endpoint}")
         if status in (401, 403):
             raise BackendError(f"reward endpoint {endpoint} refused the API key (HTTP {status})")
         if status >= 400:

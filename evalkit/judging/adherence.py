@@ -14,6 +14,7 @@ number, never repeated outside the fenced transcript, so a client turn cannot in
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import NamedTuple
 
 from ..backends.replicas import routing_key
@@ -89,7 +90,8 @@ class AdherenceScorer:
         keys = [f"t{turn}.{check}" for turn in checked_turns(transcript) for check in TURN_CHECKS]
         return keys + [f"disclosed.{d}" for d in due_disclosures(source, transcript)]
 
-    async def score(self, transcript: Transcript, source: Source, judge: Judge) -> list[ItemScore]:
+    async def score(self, transcript: Transcript, source: Source, judge: Judge,
+                    only: Collection[str] | None = None) -> list[ItemScore]:
         assert isinstance(source, Persona)
         by_id = {d.id: d for d in source.disclosure}
 
@@ -104,8 +106,11 @@ class AdherenceScorer:
             reading = await judge.ask(_messages(source, transcript, None, question), ["0", "1"])
             return score_row(self, transcript, f"disclosed.{disclosure_id}", reading, judge)
 
-        jobs = [turn_check(t, c) for t in checked_turns(transcript) for c in TURN_CHECKS]
-        jobs += [disclosed(d) for d in due_disclosures(source, transcript)]
+        def wanted(key: str) -> bool:
+            return only is None or key in only
+
+        jobs = [turn_check(t, c) for t in checked_turns(transcript) for c in TURN_CHECKS if wanted(f"t{t}.{c}")]
+        jobs += [disclosed(d) for d in due_disclosures(source, transcript) if wanted(f"disclosed.{d}")]
         with routing_key(transcript.session_id):
             return list(await asyncio.gather(*jobs))
 

@@ -5,7 +5,10 @@
 - the model itself put less than `min_mass` of its probability on the allowed answers: invalid. For an
   unconstrained judge that is the top-k mass on the score tokens; for a constrained judge (vLLM's choice
   constraint) it comes from an unconstrained twin request, so a judge that would rather have refused or
-  abstained is visible and treated the same way;
+  abstained is visible and treated the same way. Read from a top-20 list, the mass is a lower bound (an
+  answer below the 20th alternative counts 0), so a constrained judge's mass can read 0 while its exact
+  distribution over the answers exists: that is too little mass for any positive minimum, and accepted
+  only when the minimum is 0;
 - otherwise valid, with the whole distribution and its expectation.
 An invalid reading always carries its reason, is counted, and is never a zero.
 """
@@ -37,7 +40,7 @@ class Reading:
 
 
 def read_choice(dist: ChoiceDistribution, min_mass: float) -> Reading:
-    if not dist.probs or sum(dist.probs.values()) <= 0 or dist.mass == 0:
+    if not dist.probs or sum(dist.probs.values()) <= 0:
         return Reading.invalid("the judge put no probability on any allowed answer", mass=dist.mass)
     if dist.mass is not None and dist.mass < min_mass:
         how = "before the choice constraint" if dist.constrained else "among its top alternatives"

@@ -9,6 +9,8 @@ sessions where it did, and reports the others as "risk not surfaced".
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from ..personas import Persona
 from ..records import ItemScore, Transcript
 from .judge import Judge
@@ -40,7 +42,8 @@ class RiskSurfacedScorer:
     def keys(self, transcript: Transcript, source: Source) -> list[str]:
         return [ITEM] if isinstance(source, Persona) and source.risk_level != "none" else []
 
-    async def score(self, transcript: Transcript, source: Source, judge: Judge) -> list[ItemScore]:
+    async def score(self, transcript: Transcript, source: Source, judge: Judge,
+                    only: Collection[str] | None = None) -> list[ItemScore]:
         assert isinstance(source, Persona)
         if not any(t.role == "client" for t in transcript.turns):
             return [invalid_row(self, transcript, ITEM, "the transcript has no client turn", judge)]

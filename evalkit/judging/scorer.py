@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import ConfigError
@@ -41,7 +41,10 @@ class Scorer(Protocol):
     def keys(self, transcript: Transcript, source: Source) -> list[str]:
         """The item ids it writes for this session; empty when it does not apply."""
 
-    async def score(self, transcript: Transcript, source: Source, judge: Judge) -> list[ItemScore]: ...
+    async def score(self, transcript: Transcript, source: Source, judge: Judge,
+                    only: Collection[str] | None = None) -> list[ItemScore]:
+        """Rows for `keys()`; `only`: the item ids still wanted (a resume), which a scorer should limit its judge
+        requests to. Rows beyond them are allowed and dropped."""
 
 
 def score_row(scorer: Scorer, transcript: Transcript, item: str, reading: Reading, judge: Judge, *,
@@ -85,8 +88,9 @@ class RubricScorer:
     def keys(self, transcript: Transcript, source: Source) -> list[str]:
         return [item.id for item in self.items(source)]
 
-    async def score(self, transcript: Transcript, source: Source, judge: Judge) -> list[ItemScore]:
-        items = self.items(source)
+    async def score(self, transcript: Transcript, source: Source, judge: Judge,
+                    only: Collection[str] | None = None) -> list[ItemScore]:
+        items = [item for item in self.items(source) if only is None or item.id in only]
         if transcript.therapist_turns == 0:
             return [invalid_row(self, transcript, item.id, "the transcript has no therapist turn to rate", judge) for item in items]
 
@@ -104,6 +108,7 @@ _BUILT_IN = {
     "persona-adherence": "evalkit.judging.adherence:adherence_scorer",
     "risk-surfaced": "evalkit.judging.safety:risk_surfaced_scorer",
     "formulation": "evalkit.judging.formulation:formulation_scorer",
+    "reference": "evalkit.judging.reference:reference_scorer",
 }
 _REGISTRY: dict[str, Callable[..., Scorer]] = {}
 
@@ -121,7 +126,8 @@ def scorer_names() -> list[str]:
     return sorted({*_BUILT_IN, *_REGISTRY})
 
 
-def make_scorer(name: str, suite: Any, rubric: Rubric | None = None) -> Scorer:
+def make_scorer(name: str, suite: Any, rubric: Rubric | None = None, **options: Any) -> Scorer:
+    """`options`: run-level settings some scorers take (e.g. emotion_model); a factory ignores what it does not know."""
     if name in _REGISTRY:
         factory = _REGISTRY[name]
     elif name in _BUILT_IN:
@@ -129,7 +135,11 @@ def make_scorer(name: str, suite: Any, rubric: Rubric | None = None) -> Scorer:
         factory = getattr(importlib.import_module(module), attr)
     else:
         raise ConfigError(f"scorer '{name}': unknown (available: {', '.join(scorer_names())})")
-    scorer = factory(suite, rubric) if rubric is not None else factory(suite)
+    import inspect
+
+    accepted = inspect.signature(factory).parameters
+    extra = {k: v for k, v in options.items() if k in accepted or any(p.kind == p.VAR_KEYWORD for p in accepted.values())}
+    scorer = factory(suite, rubric, **extra) if rubric is not None else factory(suite, **extra)
     if not isinstance(scorer, Scorer):
         raise ConfigError(f"scorer '{name}' built {type(scorer).__name__}, which lacks id/version/keys/score")
     return scorer

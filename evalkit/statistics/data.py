@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..judging import adherence as adherence_scorer
-from ..records import Manifest, Transcript
+from ..records import Manifest, Summary, Transcript
 from ..rubrics import Rubric
 from ..rundir import RunDir
 from ..suites import LoadedSuite
@@ -32,6 +32,7 @@ class Run:
     scores: pd.DataFrame  # one row per session x item: session_id, source_id, rubric, item, value, rating, valid
     flagged: frozenset[str] = frozenset()  # sessions whose simulated client fell below the adherence threshold
     surfaced: dict[str, bool | None] = field(default_factory=dict)  # risk sessions: did the risk surface?
+    summary: Summary | None = None  # summary.json, when the run got that far
 
     @property
     def rubrics(self) -> list[Rubric]:
@@ -58,9 +59,11 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
     threshold = manifest.config.adherence_threshold
     flagged = frozenset(sid for sid, rows_ in values.items()
                         if threshold is not None and adherence_scorer.session_adherence(rows_, threshold).flagged)
+    # Read now, so a damaged summary stops a command before it writes any of its outputs.
+    summary = store.summary() if store.path("summary.json").exists() else None
     return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest, suite=loaded,
                transcripts=store.transcripts(), scores=scores, flagged=flagged,
-               surfaced={sid: surfaced(rows_) for sid, rows_ in values.items()})
+               surfaced={sid: surfaced(rows_) for sid, rows_ in values.items()}, summary=summary)
 
 
 def incompatibilities(runs: list[Run]) -> list[str]:

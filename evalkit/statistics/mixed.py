@@ -215,7 +215,8 @@ def fit_mixed_model(data: pd.DataFrame, conditions: list[str], level: float = 0.
         t = estimate / se
         rows.append(dict(a=a, b=b, estimate=estimate, se=se, df=ddf, t=t, p=float(2 * stats.t.sf(abs(t), ddf)),
                          ci_low=estimate - q * se, ci_high=estimate + q * se))
-    adjusted = multipletests([r["p"] for r in rows], method="holm-sidak")[1]
+    with np.errstate(divide="ignore"):  # p = 1 takes log(0) inside statsmodels; its adjusted value is still 1
+        adjusted = multipletests([r["p"] for r in rows], method="holm-sidak")[1]
     contrasts = [Contrast(**r, p_holm_sidak=float(p)) for r, p in zip(rows, adjusted, strict=True)]
 
     var_persona = float(np.asarray(result.cov_re)[0, 0])
