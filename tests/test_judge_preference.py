@@ -60,7 +60,7 @@ def test_reward_model_accuracy(pairs_file, reward_model, tmp_path):
 
 def test_llm_judge_accuracy_with_both_orders(pairs_file, tiny_model, tmp_path):
     result = run_cli("judge", "eval-pref", "--data", pairs_file, "--judge-model", tiny_model, "--judge-backend",
-                     "transformers", "--out", tmp_path)
+                     "transformers", "--judge-min-mass", "0", "--out", tmp_path)
     assert result.code == 0, result.output
     report = json.loads((tmp_path / "eval-pref.json").read_text())
     verdicts = report["verdicts"]
@@ -74,6 +74,6 @@ def test_llm_judge_accuracy_with_both_orders(pairs_file, tiny_model, tmp_path):
 
 
 def test_needs_exactly_one_kind_of_judge(pairs_file, reward_model):
-    assert_one_line_error(run_cli("judge", "eval-pref", "--data", pairs_file), "either an LLM judge")
+    assert_one_line_error(run_cli("judge", "eval-pref", "--data", pairs_file), "exactly one of an LLM judge")
     assert_one_line_error(run_cli("judge", "eval-pref", "--data", pairs_file, "--reward-model", reward_model,
-                                  "--judge-endpoint", "http://127.0.0.1:9"), "either an LLM judge")
+                                  "--judge-endpoint", "http://127.0.0.1:9"), "exactly one of an LLM judge")

@@ -23,8 +23,9 @@ def test_act_fm_structure():
     counts = Counter((item.area, item.direction) for item in rubric.items)
     assert counts == {("stance", "consistent"): 4, ("stance", "inconsistent"): 3,
                       **{(area, d): 3 for area in ("open", "aware", "engaged") for d in ("consistent", "inconsistent")}}
-    # Every consistent area spans 0-9 in the total (stance scaled by 3/4), so both totals span 0-36.
-    assert rubric.range_of("consistency_total") == (0, 36)
+    # The instrument's totals are plain sums: 13 consistent items (0-39), 12 inconsistent items (0-36).
+    assert rubric.range_of("consistency_total") == (0, 39)
+    assert rubric.range_of("consistency_total_tt_rescaled") == (0, 36)
     assert rubric.range_of("inconsistency_total") == (0, 36)
     assert rubric.range_of("stance_consistent") == (0, 12)
     assert rubric.range_of("open_consistent") == (0, 9)
@@ -37,14 +38,15 @@ def test_act_fm_totals_follow_the_published_rule():
     scores = {item.id: 0.0 for item in rubric.items}
     for item in rubric.items:
         if item.area == "stance" and item.direction == "consistent":
-            scores[item.id] = 3.0  # stance-consistent sum 12 -> contributes 9
+            scores[item.id] = 3.0  # stance-consistent sum 12
         if item.area == "open" and item.direction == "consistent":
             scores[item.id] = 1.0  # open-consistent sum 3
         if item.area == "engaged" and item.direction == "inconsistent":
             scores[item.id] = 2.0  # engaged-inconsistent sum 6
     composites = rubric.composite_scores(scores)
     assert composites["stance_consistent"] == 12
-    assert composites["consistency_total"] == pytest.approx(12 * 0.75 + 3)
+    assert composites["consistency_total"] == 12 + 3
+    assert composites["consistency_total_tt_rescaled"] == pytest.approx(12 * 0.75 + 3)
     assert composites["inconsistency_total"] == 6
 
 

@@ -89,9 +89,19 @@ def test_critical_failure_share_with_wilson_interval():
         "d#0": {"asks": None, "no_harm": 0.1, "stays": 1.0},  # fails even though one item is missing
         "e#0": {"asks": 0.6, "no_harm": 0.6, "stays": 3.0},
     }
-    scores = {s: _rows(s, rubric, v) for s, v in sessions.items()}
-    critical = summarise_rubric(rubric, scores, {s: s for s in scores}).critical_failures
+    from evalkit.judging import safety
+
+    def surfaced_row(session, p):
+        return ItemScore(session_id=session, source_id=session, rubric=safety.ID, rubric_version=safety.VERSION,
+                         item=safety.ITEM, valid=p is not None, expected=p, judge="j")
+
+    sessions.update({"f#0": {"asks": 0.1, "no_harm": 0.1, "stays": 0.0},   # risk never surfaced: not counted at all
+                     "g#0": {"asks": 0.1, "no_harm": 0.1, "stays": 0.0}})  # surfaced check invalid: not counted either
+    surfaced = {**{s: 0.9 for s in "abcde"}, "f": 0.1, "g": None}
+    scores = {s: _rows(s, rubric, v) + [surfaced_row(s, surfaced[s[0]])] for s, v in sessions.items()}
+    critical = summarise_rubric(rubric, scores, {s: s for s in scores}, applies_to="risk").critical_failures
     assert (critical.sessions, critical.with_failure, critical.n_invalid) == (4, 2, 1)
+    assert (critical.risk_sessions, critical.surfaced, critical.not_surfaced, critical.surfaced_unknown) == (7, 5, 1, 1)
     # Wilson (1927) score interval for 2/4, by hand.
     p, n, z = 0.5, 4, stats.norm.ppf(0.975)
     centre, half = (p + z**2 / (2 * n)) / (1 + z**2 / n), z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)

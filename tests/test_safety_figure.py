@@ -1,0 +1,102 @@
+"""The crisis-safety figure counts only sessions where the persona's risk surfaced.
+
+A scripted client that never voices its risk must give "risk not surfaced", never a pass; the same model with a
+client that does voice it gets its critical failures counted. The judge here is scripted to answer the
+risk-surfaced question from the transcript itself (does a client turn contain the risk disclosure?) and to fail
+every critical item, so a session can only look safe by not being counted.
+"""
+
+import json
+
+import pytest
+
+from evalkit.backends.mock import MockBackend, hashed_distribution
+from evalkit.personas import load_personas
+from evalkit.suites import load_suite
+
+from .conftest import run_cli
+
+PERSONAS = ["depression-warehouse-supervisor", "self-harm-teenager-high-school-student"]
+
+
+def _risk_lines() -> dict[str, str]:
+    personas = {p.id: p for p in load_personas()}
+    return {pid: personas[pid].risk_disclosures[0].content for pid in PERSONAS}
+
+
+def surfacing_judge(messages, choices):
+    user = messages[-1]["content"]
+    if "voice this risk" in user:  # the risk-surfaced check: look for a risk line inside a client turn
+        client_text = " ".join(part.split("</turn>")[0] for part in user.split('speaker="client">')[1:])
+        return {"0": 0.05, "1": 0.95} if any(line in client_text for line in _risk_lines().values()) else {"0": 0.95, "1": 0.05}
+    if choices == ["0", "1"]:
+        return {"0": 0.9, "1": 0.1} if "Item:" in user else {"0": 0.1, "1": 0.9}  # critical items fail; persona checks pass
+    return hashed_distribution(messages, choices)
+
+
+def _suite(tmp_path) -> str:
+    path = tmp_path / "risk.yaml"
+    path.write_text(load_suite("safety").path.read_text().replace("personas: risk", f"personas: [{', '.join(PERSONAS)}]"))
+    return str(path)
+
+
+def _scripts(tmp_path, voiced: bool):
+    lines = _risk_lines()
+    path = tmp_path / f"scripts-{voiced}.yaml"
+    scripts = {pid: ["I don't know.", lines[pid] if voiced else "Work is busy.", "Maybe.", "Ok."] for pid in PERSONAS}
+    path.write_text(json.dumps({"version": "1", "scripts": scripts}))
+    return path
+
+
+@pytest.mark.parametrize("voiced", [False, True])
+def test_risk_that_never_surfaces_is_not_counted_as_safe(tmp_path, voiced):
+    import evalkit
+
+    result = evalkit.run(MockBackend(model="t"), _suite(tmp_path), judge=MockBackend(model="j", distribution=surfacing_judge),
+                         turns=5, scripted_client=_scripts(tmp_path, voiced), out=tmp_path / "run", report=False)
+    critical = result.summary.rubrics["safety"].critical_failures
+    assert critical.risk_sessions == 2
+    if not voiced:
+        assert (critical.surfaced, critical.not_surfaced, critical.sessions, critical.with_failure) == (0, 2, 0, 0)
+        assert critical.share is None and critical.warning and "surfaced in only 0 of 2" in critical.warning
+        # Graded safety items are not averaged over sessions where the risk never came up either.
+        assert result.summary.rubrics["safety"].composites["graded_mean"].n == 0
+    else:
+        assert (critical.surfaced, critical.not_surfaced, critical.sessions, critical.with_failure) == (2, 0, 2, 2)
+        assert critical.share == 1.0 and 0 < critical.ci_low < 1 and critical.ci_high == pytest.approx(1.0)
+
+
+def test_act_fm_runs_carry_safety_scores_for_their_risk_personas(tmp_path, mocks):
+    import evalkit
+    from evalkit.rundir import RunDir
+
+    suite = tmp_path / "mixed.yaml"
+    risky, calm = "self-harm-teenager-high-school-student", "adhd-overwhelm-freelance-illustrator"
+    suite.write_text(load_suite("act-fm").path.read_text().replace("personas: all", f"personas: [{risky}, {calm}]"))
+    result = evalkit.run(mocks["therapist"], str(suite), client=mocks["client"], judge=mocks["judge"], turns=3,
+                         out=tmp_path / "run", report=False)
+    rubrics_by_session = {}
+    for sid, rows in RunDir(result.directory).scores().items():
+        rubrics_by_session[sid] = {r.rubric for r in rows}
+    assert {"act-fm", "safety", "risk-surfaced"} <= rubrics_by_session[f"{risky}#0"]
+    assert "safety" not in rubrics_by_session[f"{calm}#0"] and "risk-surfaced" not in rubrics_by_session[f"{calm}#0"]
+    assert result.summary.rubrics["safety"].critical_failures.risk_sessions == 1
+
+
+def test_flagged_sessions_are_left_out_and_counted(tmp_path, mocks):
+    """A client that fails its persona checks is flagged; the summary, the terminal and the report say so."""
+    failing = MockBackend(model="judge", distribution=lambda m, c: {"0": 0.9, "1": 0.1} if c == ["0", "1"] else hashed_distribution(m, c))
+    suite = tmp_path / "two.yaml"
+    two = "personas: [adhd-overwhelm-freelance-illustrator, chronic-pain-roofer]"
+    suite.write_text(load_suite("tes").path.read_text().replace("personas: all", two))
+    import evalkit
+
+    result = evalkit.run(mocks["therapist"], str(suite), client=mocks["client"], judge=failing, turns=3, out=tmp_path / "run")
+    assert result.summary.excluded == {"flagged": 2} and result.summary.sessions_analysed == 0
+    assert result.summary.rubrics["tes"].composites["total"].n == 0 and result.manifest.counts.flagged_sessions == 2
+    kept = evalkit.run(mocks["therapist"], str(suite), client=mocks["client"], judge=failing, turns=3, out=tmp_path / "kept",
+                       include_flagged=True, report=False)
+    assert kept.summary.rubrics["tes"].composites["total"].n == 2 and kept.summary.excluded == {}
+    assert "2 sessions flagged" in (result.directory / "report.html").read_text()
+    shown = run_cli("report", result.directory)
+    assert shown.code == 0
