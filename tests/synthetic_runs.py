@@ -1,19 +1,26 @@
-"""Stored runs written directly to disk, with effects we choose, for testing statistics without a model."""
+"""Stored runs written directly to disk, with effects we choose, for testing statistics, gate and report without a model.
+
+They are complete, self-contained run directories (manifest, inputs/, transcripts, scores, summary), written
+through evalkit's own RunDir and summary stage, so every reader treats them like real runs.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from evalkit.judging import JudgeSettings
 from evalkit.records import ContentRef, ItemScore, Manifest, RoleRecord, RunConfig, Transcript, Turn
-from evalkit.rubrics import load_rubric
-from evalkit.store import RunStore
-from evalkit.summary import summarise
+from evalkit.rundir import RunDir
+from evalkit.runner import ScoringPlan, summarise_run
+from evalkit.suites import load_suite
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+SUITE_OF = {"psychocounsel": "psychocounsel", "tes": "tes", "act-fm": "act-fm", "safety": "safety"}
 
 
 def _distribution(value: float, levels: list[int]) -> dict[str, float]:
@@ -26,34 +33,54 @@ def _distribution(value: float, levels: list[int]) -> dict[str, float]:
 
 
 def write_run(directory: Path, *, effect: float, persona_effects: dict[str, float], replicates: int = 2,
-              rubric_id: str = "psychocounsel", suite_version: str = "1.0.0", seed: int = 0,
+              rubric_id: str = "psychocounsel", suite_version: str | None = None, seed: int = 0,
               noise: float = 0.4, judge: str = "judge-x", reply_chars: int = 200, skip: set[str] = frozenset(),
-              override: dict[tuple[str, str], float | None] | None = None, turns: int = 1) -> Path:
-    """`override[(session, item)]` sets one score outright (None: an invalid score)."""
-    rubric = load_rubric(rubric_id)
+              override: dict[tuple[str, str], float | None] | None = None, turns: int = 1,
+              status: str = "complete", surfaced: float = 0.9) -> Path:
+    """`persona_effects`: persona (or utterance) id -> its effect.
+
+    `override[(session, item)]` sets one score outright (None: an invalid score). The suite is the built-in one
+    for the rubric, restricted to the given personas/utterances; only the rubric `rubric_id` is scored (plus the
+    risk-surfaced check, at probability `surfaced`, for risk personas when the rubric has critical items).
+    """
+    loaded = load_suite(SUITE_OF[rubric_id])
+    rubric = next(r for r in loaded.rubrics if r.id == rubric_id)
+    use = next(u for u, r in loaded.rubric_uses if r.id == rubric_id)
+    template = loaded.sources[0]  # ids not in the library (e.g. "u001") are copies of the suite's first source
+    pool = {s.id: s for s in loaded.sources}
+    if loaded.suite.unit == "session":
+        from evalkit.personas import load_personas
+
+        pool = {p.id: p for p in load_personas()}
+    sources = [pool[pid] if pid in pool else template.model_copy(update={"id": pid}) for pid in persona_effects]
+    suite = loaded.suite.model_copy(update={"rubrics": [use], "version": suite_version or loaded.suite.version})
+    kind = {"personas": sources} if loaded.suite.unit == "session" else {"utterances": sources}
+    loaded = replace(loaded, suite=suite, rubrics=[rubric], **{"personas": [], "utterances": [], **kind})
     rng = np.random.default_rng(seed)
-    store = RunStore(directory)
-    ref = ContentRef(id=rubric.id, version=rubric.version, sha256="s")
-    config = RunConfig(suite=ContentRef(id=rubric_id, version=suite_version, sha256="x"), rubrics=[ref],
-                       clients_sha256="c", turns=1, sampling={}, therapist_system_prompt_sha256="p",
-                       roles={"therapist": directory.name}, judge_method="m")
+    store = RunDir(directory)
+    config = RunConfig(suite=ContentRef(id=loaded.suite.id, version=loaded.suite.version, sha256="x"),
+                       rubrics=[ContentRef(id=rubric.id, version=rubric.version, sha256=rubric.content_hash)],
+                       clients_sha256="c", turns=turns, sampling={}, therapist_system_prompt_sha256="p",
+                       roles={"therapist": directory.name, "judge": judge}, judge_method="m", adherence_threshold=None)
     store.prepare(config, resume=False)
-    role = RoleRecord(kind="openai", model=judge)
-    store.write_manifest(Manifest(evalkit_version="test", run_id=directory.name, status="complete", command=[],
-                                  git_commit=None, config=config, config_sha256="h", roles={"judge": role, "therapist": role},
-                                  self_play=False, self_judged=False, sessions_requested=0, started_at=NOW, host={}))
-    for persona, persona_effect in persona_effects.items():
+    store.write_inputs(loaded)
+    role = RoleRecord(kind="openai", model=judge, identity=judge)
+    manifest = Manifest(evalkit_version="test", run_id=directory.name, status=status, command=[], git_commit=None,  # type: ignore[arg-type]
+                        config=config, config_sha256="h", roles={"judge": role, "therapist": role.model_copy(update={"model": directory.name})},
+                        self_play=False, self_judged=False, sessions_requested=len(sources) * replicates, started_at=NOW, host={})
+    store.write_manifest(manifest)
+    for source, persona_effect in zip(sources, persona_effects.values(), strict=True):
         for r in range(replicates):
-            session = f"{persona}#{r}"
+            session = f"{source.id}#{r}"
             if session in skip:
                 continue
             conversation = []
             for _ in range(turns):
                 conversation.append(Turn(role="client", content="I keep going over it at night. " * 8))
                 conversation.append(Turn(role="therapist", content="x" * int(reply_chars + rng.integers(0, 100))))
-            store.append_transcript(Transcript(session_id=session, suite=rubric_id, unit="response" if turns == 1 else "session",
-                                               source_id=persona, replicate=r, turns=conversation,
-                                               stop_reason="single_response" if turns == 1 else "max_turns",
+            store.append_transcript(Transcript(session_id=session, suite=loaded.suite.id, unit=loaded.suite.unit,
+                                               source_id=source.id, replicate=r, turns=conversation,
+                                               stop_reason="single_response" if loaded.suite.unit == "response" else "max_turns",
                                                started_at=NOW, ended_at=NOW))
             rows = []
             for item in rubric.items:
@@ -62,12 +89,16 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
                 value = float(np.clip(centre + effect + persona_effect + rng.normal(0, noise), levels[0], levels[-1]))
                 if override and (session, item.id) in override:
                     value = override[(session, item.id)]
-                row = dict(session_id=session, source_id=persona, rubric=rubric.id, rubric_version=rubric.version,
+                row = dict(session_id=session, source_id=source.id, rubric=rubric.id, rubric_version=rubric.version,
                            item=item.id, judge=judge)
                 if value is None:
                     rows.append(ItemScore(**row, valid=False, reason="planted invalid score"))
                 else:
                     rows.append(ItemScore(**row, valid=True, expected=value, distribution=_distribution(value, levels)))
+            if rubric.critical_items and getattr(source, "risk_level", "none") != "none":
+                rows.append(ItemScore(session_id=session, source_id=source.id, rubric="risk-surfaced", rubric_version="1",
+                                      item="surfaced", valid=True, expected=surfaced, judge=judge))
             store.append_scores(rows)
-    store.write_summary(summarise(directory.name, rubric_id, [rubric], store.sources(), store.scores()))
+    plan = ScoringPlan.of(loaded, JudgeSettings(adherence_threshold=None), simulated_client=False)
+    summarise_run(store, plan, JudgeSettings(adherence_threshold=None), include_flagged=False)
     return directory

@@ -27,7 +27,8 @@ def test_same_model_passes(tmp_path):
     result = run_cli("gate", "--baseline", baseline, "--candidate", candidate)
     assert result.code == 0, result.output
     report = json.loads((candidate / "gate.json").read_text())
-    assert report["verdict"] == "pass" and report["metrics"]["psychocounsel.overall"]["n"] == 20
+    metric = report["metrics"]["psychocounsel.overall"]
+    assert report["verdict"] == "pass" and metric["decision"]["n"] == 20 and metric["decision"]["personas"] == 10
     xml = JUnitXml.fromfile(str(candidate / "gate-junit.xml"))
     cases = [case for suite in xml for case in suite]
     assert [c.name for c in cases] == ["psychocounsel.overall"] and all(not c.result for c in cases)
@@ -40,23 +41,58 @@ def test_planted_drop_fails_naming_metric_difference_and_bound(tmp_path):
     result = run_cli("gate", "--baseline", baseline, "--candidate", candidate)
     assert result.code == 1, result.output
     metric = json.loads((candidate / "gate.json").read_text())["metrics"]["psychocounsel.overall"]
-    assert metric["verdict"] == "regression" and metric["mean_drop"] == pytest.approx(0.6, abs=0.15)
-    assert "psychocounsel.overall" in result.output and f"{metric['upper_bound']:.3f}" in result.output
+    assert metric["verdict"] == "regression" and metric["decision"]["mean_drop"] == pytest.approx(0.6, abs=0.15)
+    assert "psychocounsel.overall" in result.output and f"{metric['decision']['upper_bound']:.3f}" in result.output
     assert "mean drop" in result.output
     cases = [case for suite in JUnitXml.fromfile(str(candidate / "gate-junit.xml")) for case in suite]
     assert isinstance(cases[0].result[0], Failure) and "❌ regression" in (candidate / "gate.md").read_text()
+
+
+def _undecided_files_written(out, *fragments):
+    """Every gate outcome writes its files: JSON says undecided with the reason; JUnit has an error case; Markdown says so."""
+    report = json.loads((out / "gate.json").read_text())
+    assert report["verdict"] == "undecided", report
+    for fragment in fragments:
+        assert fragment in report["reason"], report["reason"]
+    cases = [case for suite in JUnitXml.fromfile(str(out / "gate-junit.xml")) for case in suite]
+    assert cases and all(isinstance(c.result[0], Error) for c in cases if c.result)
+    assert "cannot decide" in (out / "gate.md").read_text() and (out / "gate-report.html").exists()
 
 
 def test_incompatible_runs_cannot_be_gated(tmp_path):
     baseline = write_run(tmp_path / "b", effect=0, persona_effects=PERSONAS)
     other_judge = write_run(tmp_path / "c", effect=0, persona_effects=PERSONAS, judge="another-judge")
     assert_one_line_error(run_cli("gate", "--baseline", baseline, "--candidate", other_judge), "different judges")
+    _undecided_files_written(other_judge, "different judges")
 
 
-def test_too_many_invalid_scores(tmp_path):
-    planted = {(f"u00{i}#{r}", "empathy"): None for i in range(1, 8) for r in (0, 1)}  # 14 of 140 = 10%
+def test_an_interrupted_candidate_cannot_pass(tmp_path):
+    """The review's case: a candidate missing half its personas, manifest 'interrupted', got exit 0 on n = 15."""
+    baseline = write_run(tmp_path / "b", effect=0, persona_effects=PERSONAS, seed=1, noise=0.3)
+    half = {f"u{i:03d}#{r}" for i in range(6, 11) for r in (0, 1)}
+    candidate = write_run(tmp_path / "c", effect=0, persona_effects=PERSONAS, seed=2, noise=0.3, skip=half, status="interrupted")
+    assert_one_line_error(run_cli("gate", "--baseline", baseline, "--candidate", candidate), "cannot decide", "interrupted")
+    _undecided_files_written(candidate, "interrupted")
+
+
+def test_a_candidate_missing_sessions_cannot_pass(tmp_path):
+    baseline = write_run(tmp_path / "b", effect=0, persona_effects=PERSONAS, seed=1, noise=0.3)
+    candidate = write_run(tmp_path / "c", effect=0, persona_effects=PERSONAS, seed=2, noise=0.3, skip={"u001#0", "u002#1"})
+    assert_one_line_error(run_cli("gate", "--baseline", baseline, "--candidate", candidate), "18 of the baseline's 20 sessions")
+    _undecided_files_written(candidate, "18 of the baseline's 20")
+    relaxed = run_cli("gate", "--baseline", baseline, "--candidate", candidate, "--min-shared", "0.9")
+    assert relaxed.code == 0, relaxed.output
+
+
+def test_invalid_scores_are_counted_per_gated_metric(tmp_path):
+    """4.9% invalid items overall can still leave a total with few valid sessions: the limit is per metric."""
+    planted = {(f"u{i:03d}#{r}", "empathy"): None for i in range(1, 8) for r in (0, 1)}  # 1 of 7 items in 14 of 20 sessions
     baseline, candidate = _pair(tmp_path, 0.0, override=planted)
-    assert_one_line_error(run_cli("gate", "--baseline", baseline, "--candidate", candidate), "invalid", "--max-invalid-rate")
+    rows = [json.loads(line) for line in (candidate / "scores.jsonl").read_text().splitlines()]
+    assert sum(not r["valid"] for r in rows) / len(rows) < 0.11  # the item-level rate alone would look tolerable
+    result = run_cli("gate", "--baseline", baseline, "--candidate", candidate)
+    assert_one_line_error(result, "cannot decide", "70.0% of its 20 sessions have no valid score")
+    _undecided_files_written(candidate, "70.0%")
 
 
 def test_too_few_sessions_says_how_many_are_needed(tmp_path):
@@ -71,15 +107,28 @@ def test_too_few_sessions_says_how_many_are_needed(tmp_path):
 
 def test_new_critical_failure_is_a_regression(tmp_path):
     personas = {"p1": 0.0, "p2": 0.1, "p3": -0.1, "p4": 0.0}
-    passing = {(f"{p}#{r}", item): 0.9 for p in personas for r in (0, 1)
-               for item in ("asks_directly_about_safety", "offers_appropriate_resources", "no_harm_enabling_content")}
+    from evalkit.rubrics import load_rubric
+
+    passing = {(f"{p}#{r}", item.id): 0.9 for p in personas for r in (0, 1) for item in load_rubric("safety").critical_items}
     baseline = write_run(tmp_path / "b", effect=0, persona_effects=personas, rubric_id="safety", override=passing)
     candidate = write_run(tmp_path / "c", effect=0, persona_effects=personas, rubric_id="safety", seed=3,
                           override={**passing, ("p2#1", "no_harm_enabling_content"): 0.1})
     result = run_cli("gate", "--baseline", baseline, "--candidate", candidate)
     assert result.code == 1, result.output
-    critical = json.loads((candidate / "gate.json").read_text())["metrics"]["safety.critical_failures"]
+    critical = json.loads((candidate / "gate.json").read_text())["critical"]["safety"]
     assert critical["verdict"] == "regression" and critical["new_failures"] == ["p2#1"]
+
+
+def test_a_critical_failure_where_risk_never_surfaced_is_not_counted_and_cannot_pass(tmp_path):
+    personas = {"p1": 0.0, "p2": 0.1, "p3": -0.1, "p4": 0.0}
+    failing = {(f"{p}#{r}", "no_harm_enabling_content"): 0.1 for p in personas for r in (0, 1)}
+    baseline = write_run(tmp_path / "b", effect=0, persona_effects=personas, rubric_id="safety")
+    candidate = write_run(tmp_path / "c", effect=0, persona_effects=personas, rubric_id="safety", seed=3, override=failing,
+                          surfaced=0.1)
+    result = run_cli("gate", "--baseline", baseline, "--candidate", candidate)
+    assert result.code == 2, result.output
+    critical = json.loads((candidate / "gate.json").read_text())["critical"]["safety"]
+    assert critical["verdict"] == "undecided" and critical["new_failures"] == [] and critical["not_surfaced"] == 8
 
 
 def power_by_hand(n: int, effect: float, alpha: float) -> float:
@@ -100,10 +149,14 @@ def test_tiny_spread_needs_the_minimum_and_never_crashes():
     assert sessions_needed(0.0, 0.25, alpha=0.05, power=0.8) == 2
 
 
-def test_plan_command(tmp_path):
+def test_plan_command_states_both_figures(tmp_path):
+    from evalkit.statistics.noninferiority import plan
+
     result = run_cli("plan", "--metric", "tes.total", "--sd", "0.5", "--margin", "0.25")
+    expected = plan(0.5, 0.25)
     assert result.code == 0 and f"{sessions_needed(0.5, 0.25, 0.05, 0.8)} sessions" in result.output
+    assert f"{expected.n_detect} sessions" in result.output and "to exit 'regression'" in result.output
     baseline, candidate = _pair(tmp_path, 0.0)
     from_runs = run_cli("plan", "--metric", "psychocounsel.overall", "--margin", "0.1", "--run", baseline, "--run", candidate)
-    assert from_runs.code == 0 and "matched differences" in from_runs.output, from_runs.output
-    assert_one_line_error(run_cli("plan", "--metric", "tes.total", "--margin", "0.2"), "--sd or --run")
+    assert from_runs.code == 0 and "persona means" in from_runs.output, from_runs.output
+    assert_one_line_error(run_cli("plan", "--metric", "tes.total", "--margin", "0.2"), "SD of paired differences or two stored runs")

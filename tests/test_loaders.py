@@ -49,6 +49,10 @@ def test_psychocounsel_preference_to_utterances(tmp_path, suffix):
     assert (tmp_path / "imported" / "utterances-pairs.jsonl").read_text().count("\n") == 4
     again = run_cli("import", "psychocounsel-preference", path, "--out", out)
     assert_one_line_error(again, "already exists")
+    # Only the pairs file exists: nothing is written (no stray utterances YAML beside it).
+    out.unlink()
+    assert_one_line_error(run_cli("import", "psychocounsel-preference", path, "--out", out), "already exists")
+    assert not out.exists()
 
 
 def test_malformed_preference_row_names_row_and_column(tmp_path):
@@ -69,12 +73,27 @@ def test_patient_psi_profiles_to_personas(tmp_path):
     personas = load_patient_psi(path)
     assert [p.conversational_style for p in personas] == ["plain", "guarded", "hostile", "verbose"]
     sam = personas[1]
-    assert sam.cognitive_model.core_beliefs == ["I am powerless.", "I am worthless."] and sam.openness == "low"
-    assert sam.archetype == "unspecified" and sam.act_profile.cognitive_fusion == "unrated"
+    # The three belief types stay apart, and the situation chain is kept field by field.
+    beliefs = sam.cognitive_model.core_beliefs
+    assert (beliefs.helpless, beliefs.unlovable, beliefs.worthless) == (["I am powerless."], [], ["I am worthless."])
+    (situation,) = sam.cognitive_model.situations
+    assert (situation.situation, situation.automatic_thoughts, situation.emotions, situation.behaviour) == (
+        PROFILE["situation"], [PROFILE["auto_thought"]], PROFILE["emotion"], PROFILE["behavior"])
+    assert sam.openness == "low" and sam.archetype == "unspecified" and sam.act_profile.cognitive_fusion == "unrated"
+    # ... and they reach the client prompt.
+    from evalkit.records import Turn
+    from evalkit.simulation.client import client_messages
+
+    prompt = client_messages(sam, [Turn(role="client", content=sam.opening_line)])[0]["content"]
+    assert "about being able to cope: I am powerless." in prompt and "about your worth: I am worthless." in prompt
+    assert PROFILE["situation"] in prompt and PROFILE["behavior"][1:] in prompt
     out = tmp_path / "personas"
     result = run_cli("import", "patient-psi", path, "--out", out)
     assert result.code == 0, result.output
     assert [p.id for p in load_personas(out)] == sorted(p.id for p in personas)
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    assert_one_line_error(run_cli("import", "patient-psi", path, "--out", out), "already exists")
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_malformed_patient_psi_row_names_row_and_column(tmp_path):

@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from evalkit.backends.base import BackendInfo, BackendUnavailable, ChoiceDistribution, Completion
+from evalkit.backends.base import BackendInfo
 from evalkit.backends.replicas import ReplicaPool, routing_key
-from evalkit.suites import SamplingParams
+from evalkit.errors import BackendUnavailable
+from evalkit.types import ChoiceDistribution, Completion, SamplingParams
 
 from .conftest import TINY_MAX_MODEL_LEN, TINY_VLLM_ARGS
 
@@ -36,7 +37,7 @@ class FakeReplica:
         self.seen.append(messages[0]["content"])
         return Completion(text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_s=self.delay)
 
-    async def choice_distribution(self, messages, choices):
+    async def choice_distribution(self, messages, choices, *, with_mass=True):
         await asyncio.sleep(self.delay)
         self.seen.append(messages[0]["content"])
         return ChoiceDistribution(probs={c: 1 / len(choices) for c in choices}, mass=None, constrained=True)
@@ -106,7 +107,7 @@ def test_two_vllm_servers_one_killed_mid_run(vllm_endpoint, tiny_model, tmp_path
         proc = subprocess.Popen(
             [sys.executable, "-m", "evalkit", "run", "--endpoint", vllm_endpoint, "--endpoint", doomed.url,
              "--suite", "tes", "--sessions", str(sessions), "--turns", "4", "--max-tokens", "48",
-             "--concurrency", "8", "--out", str(out), "--quiet"],
+             "--concurrency", "8", "--out", str(out), "--quiet", "--judge-min-mass", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
         transcripts = out / "transcripts.jsonl"
         deadline = time.monotonic() + 300
@@ -126,7 +127,7 @@ def test_two_vllm_servers_one_killed_mid_run(vllm_endpoint, tiny_model, tmp_path
     assert len(ids) == len(set(ids)) == sessions
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["counts"]["sessions_judged"] == sessions
+    assert manifest["counts"]["sessions_scored"] == sessions
     assert manifest["config"]["roles"]["therapist"] == "openai:replicas:tiny"
     survivor, dead = manifest["roles"]["therapist"]["replicas"]
     assert survivor["failure"] is None and dead["failure"], manifest["roles"]["therapist"]

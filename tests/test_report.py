@@ -80,6 +80,8 @@ def test_single_run_report(browser, tmp_path):
     sessions.first.locator("summary").click()  # the conversation is built when a session is opened
     expect(sessions.first.locator(".turn")).to_have_count(6)
     expect(sessions.first.locator(".dist")).to_have_count(9)
+    # TES is rated 1-7: the first segment of a distribution is score 1, not 0 (the old tooltips were off by one).
+    assert sessions.first.locator(".dist span").first.get_attribute("title").startswith("score 1:")
     archetype = next(p.archetype for p in load_personas() if p.id != persona)
     page.page.select_option("#f-persona", "")
     page.page.select_option("#f-archetype", archetype)
@@ -100,7 +102,15 @@ def test_three_run_comparison_report(browser, tmp_path):
     page.screenshot_is_not_blank(tmp_path / "compare.png")
     assert page.errors == [] and page.external == []
     comparison = page.page.locator("#comparison")
-    assert "wald" in comparison.inner_text().lower() and comparison.locator("svg").count() == 1  # tes.total forest plot
+    text = comparison.inner_text()
+    assert "f (df)" in text.lower() and comparison.locator("svg").count() == 1  # tes.total forest plot
+    # The omnibus table shows each condition's mean (the mixed model's EMM) and names the best.
+    saved = json.loads((out / "comparison.json").read_text())["metrics"]["tes.total"]
+    for condition, emm in saved["mixed_model"]["emms"].items():
+        assert f"{emm['mean']:.2f}" in text, condition
+    assert saved["best"] == "gpt-4o" and "gpt-4o" in text
+    # Run blocks are not repeated: one row per run in the runs table, the rest folded away.
+    assert page.page.locator("#runs > table tr").count() == 4
     assert comparison.locator("text=Bradley–Terry ranking").count() == 1
     wins = json.loads((out / "comparison.json").read_text())["metrics"]["tes.total"]["head_to_head"]
     assert set(wins) == {"instruct", "sft"} and "against the baseline" in comparison.inner_text().lower()
@@ -108,7 +118,9 @@ def test_three_run_comparison_report(browser, tmp_path):
 
 def test_safety_section_comes_first_when_critical_failures_exist(browser, tmp_path):
     risky = {p.id: 0.0 for p in load_personas() if p.risk_level != "none"}
-    critical = ("asks_directly_about_safety", "offers_appropriate_resources", "no_harm_enabling_content")
+    from evalkit.rubrics import load_rubric
+
+    critical = [i.id for i in load_rubric("safety").critical_items]
     scores = {(f"{p}#{r}", item): 0.9 for p in risky for r in (0, 1) for item in critical}
     scores.update({(f"{p}#0", "no_harm_enabling_content"): 0.1 for p in list(risky)[:3]})
     run = write_run(tmp_path / "risky", effect=0.0, persona_effects=risky, rubric_id="safety", override=scores)
@@ -130,3 +142,33 @@ def test_thousand_session_report_stays_small_and_renders(browser, tmp_path):
     page.page.click("#more")
     assert page.page.locator("details.session").count() == 80
     assert page.errors == [] and page.external == []
+
+
+def test_the_numbers_shown_are_the_summary_numbers_and_directions_are_stated(browser, tmp_path):
+    """Every score table cell carries the summary's mean and CI, printed to two decimals; inconsistent ACT-FM items say
+    lower is better; the heatmap uses item names, not ids."""
+    personas = dict(list(PERSONAS.items())[:6])
+    runs = [write_run(tmp_path / name, effect=e, persona_effects=personas, seed=i, rubric_id="act-fm", turns=2)
+            for i, (name, e) in enumerate([("base", 0.0), ("tuned", 0.4)])]
+    assert run_cli("report", *runs, "--out", tmp_path / "both.html").code == 0
+    page = Page(browser, tmp_path / "both.html", height=2400)
+    assert page.errors == [] and page.external == []
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())["rubrics"]["act-fm"]
+        for metric, stat in (("consistency_total", summary["composites"]["consistency_total"]),
+                             ("stance_i1", summary["items"]["stance_i1"])):
+            cell = page.page.locator(f'#rubric-act-fm td[data-run="{run.name}"][data-metric="act-fm.{metric}"]')
+            assert float(cell.get_attribute("data-mean")) == pytest.approx(stat["mean"], rel=1e-12)
+            assert cell.inner_text().strip() == f"{stat['mean']:.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}]"
+    row = page.page.locator("#rubric-act-fm tr", has_text="Lectures, persuades or gives advice")
+    assert "lower is better" in row.inner_text() and "ACT-inconsistent" in row.inner_text()
+    heatmap = page.page.locator("#rubric-act-fm .figure").nth(3).inner_html()
+    assert "Lectures, persuades" in heatmap and "stance_i1" not in heatmap
+    # Leaderboard: both runs ranked on the consistency total; the tuned run (higher is better) first.
+    first = page.page.locator('#leaderboard tr[data-metric="act-fm.consistency_total"]').first
+    assert first.get_attribute("data-run") == "tuned"
+    # Side by side: one persona's session in both runs at once.
+    page.page.select_option("#f-persona", next(iter(personas)))
+    page.page.check("#f-side")
+    assert page.page.locator(".side").count() == 2 and page.page.locator(".side").first.locator(".column").count() == 2
+    assert page.errors == []
