@@ -39,9 +39,11 @@ from _vllm_bench import run_vllm_bench  # noqa: E402
 from evalkit.backends.openai_http import OpenAIBackend  # noqa: E402
 from evalkit.backends.vllm_server import ManagedVLLMServer  # noqa: E402
 from evalkit.judging import Judge, JudgeSettings  # noqa: E402
+from evalkit.reporting import Reporter  # noqa: E402
+from evalkit.rundir import RunDir  # noqa: E402
+from evalkit.runner import ScoringPlan, score  # noqa: E402
 from evalkit.simulation.client_modes import SimulatedClient  # noqa: E402
 from evalkit.simulation.engine import SessionEngine, run_bounded  # noqa: E402
-from evalkit.store import RunStore  # noqa: E402
 from evalkit.suites import load_suite  # noqa: E402
 from evalkit.tinymodel import build_tiny_model  # noqa: E402
 
@@ -59,7 +61,7 @@ async def drive_engine(url: str, requests: int, concurrency: int, output_len: in
     """Single-response sessions (one request each) through SessionEngine, stored as a run stores them."""
     loaded = load_suite("psychocounsel")
     backend = await OpenAIBackend.connect(url)
-    store = RunStore(out)
+    store = RunDir(out)
     out.mkdir(parents=True)
     sampling = loaded.suite.sampling.therapist.model_copy(update={"max_tokens": output_len, "ignore_eos": True})
     engine = SessionEngine(suite_id="bench", system_prompt=loaded.suite.therapist_system_prompt, turns=1,
@@ -138,14 +140,23 @@ async def _transcripts(url: str, sessions: int, turns: int) -> list:
 
 
 async def _score(url: str, transcripts: list, layout: str, concurrency: int) -> tuple[float, float, int]:
-    rubrics = load_suite("act-fm").rubrics
+    """The run's own scoring stage (the act-fm rubric only, a random judge's mass not checked) on stored transcripts."""
+    import tempfile
+
+    loaded = load_suite("act-fm")
+    settings = JudgeSettings(adherence_threshold=None, layout=layout, min_mass=0.0, check_mass=False)  # type: ignore[arg-type]
+    plan = ScoringPlan.of(loaded, settings, simulated_client=False)
+    plan.scorers = [s for s in plan.scorers if s.id == "act-fm"]
     backend = await OpenAIBackend.connect(url)
-    judge = Judge(backend, JudgeSettings(adherence_threshold=None, layout=layout), concurrency=64)  # type: ignore[arg-type]
-    rows: list = []
-    cpu, wall = time.process_time(), time.perf_counter()
-    await run_bounded(transcripts, lambda t: judge.score_transcript(t, rubrics), concurrency=concurrency,
-                      on_result=lambda t, r: rows.extend(r))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    judge = Judge(backend, settings, concurrency=64)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunDir(tmp)
+        for transcript in transcripts:
+            store.append_transcript(transcript)
+        cpu, wall = time.process_time(), time.perf_counter()
+        await score(store, plan, judge, concurrency=concurrency, reporter=Reporter())
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        rows = [r for rows in store.scores().values() for r in rows]
     await backend.aclose()
     assert all(r.valid for r in rows), "a judge score was invalid"
     return wall, cpu, len(rows)
@@ -185,7 +196,7 @@ def scaling(url: str, args: argparse.Namespace, work: Path) -> list[dict]:
         out = work / f"scale-{sessions}"
         command = [sys.executable, "-m", "evalkit", "run", "--endpoint", url, "--suite", "psychocounsel",
                    "--sessions", str(sessions), "--max-tokens", "16", "--concurrency", "64", "--judge-concurrency", "128",
-                   "--out", str(out), "--quiet"]
+                   "--out", str(out), "--quiet", "--judge-min-mass", "0"]
         # A fresh parent per run, so its children's max RSS is this run's alone.
         measured = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, check=True)
         code, wall, maxrss_kb = measured.stdout.split()
