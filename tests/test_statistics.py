@@ -464,6 +464,13 @@ def test_length_controlled_win_rate_matches_newton_raphson():
     assert result["win_rate_at_equal_length"] == pytest.approx(1 / (1 + math.exp(-beta[0])), abs=1e-6)
 
 
+
+def test_length_controlled_win_rate_is_absent_when_every_length_difference_is_the_same():
+    """Replies of fixed lengths: the length column equals the intercept, so no length effect can be estimated."""
+    result = length_controlled_win_rate(np.array([1.0, 1, 1, 1, 0, 1]), np.full(6, 57.0))
+    assert result.win_rate_at_equal_length is None and "same length difference" in result.absent_reason
+
+
 PERSONAS = {f"u{i:03d}": e for i, e in zip(range(1, 9), [0.0, 0.4, -0.3, 0.8, -0.6, 0.2, 0.1, -0.2], strict=True)}
 
 

@@ -67,7 +67,12 @@ def length_controlled_win_rate(outcomes: np.ndarray, length_diff: np.ndarray) ->
     if len(outcomes) < 3 or len(set(np.asarray(outcomes).tolist())) < 2:
         return LengthControlledWinRate(method=method, n=int(len(outcomes)),
                                        absent_reason="needs at least 3 decided pairs with both wins and losses")
-    x = sm.add_constant(np.asarray(length_diff, float) / 1000.0)
+    lengths = np.asarray(length_diff, float) / 1000.0
+    if np.ptp(lengths) == 0:  # the length effect and the intercept are the same column: nothing to control for
+        return LengthControlledWinRate(method=method, n=int(len(outcomes)),
+                                       absent_reason="every pair has the same length difference, so length cannot be "
+                                                     "separated from the win rate")
+    x = sm.add_constant(lengths, has_constant="add")
     try:
         fit = sm.Logit(np.asarray(outcomes, float), x).fit(disp=0)
     except (np.linalg.LinAlgError, sm.tools.sm_exceptions.PerfectSeparationError) as exc:
