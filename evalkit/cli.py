@@ -41,7 +41,7 @@ FIELD_FLAGS = {
     "turns": "--turns", "concurrency": "--concurrency", "temperature": "--temperature", "seed": "--seed", "lora": "--lora",
     "resume": "--resume", "output directory": "--out", "api_key_env": "--api-key-env",
     "max_invalid_rate": "--max-invalid-rate", "min_shared": "--min-shared", "alpha": "--alpha", "power": "--power",
-    "margin": "--margin", "sd": "--sd",
+    "margin": "--margin", "sd": "--sd", "reward_endpoint": "--reward-endpoint",
 }
 
 
@@ -180,6 +180,7 @@ def run_command(
     judge_validation: Annotated[Optional[Path], typer.Option(help="The judge's validation.json (evalkit judge validate), recorded in the manifest.")] = None,
     emotion_model: Annotated[Optional[Path], typer.Option(help="Reference suites: a sequence-classification model (transformers) for emotion accuracy.")] = None,
     emotion_label: Annotated[Optional[list[str]], typer.Option(help="MODEL_LABEL=DATASET_LABEL mapping of the emotion classifier's labels; repeat.")] = None,
+    reward_endpoint: Annotated[Optional[str], typer.Option(help="vLLM server of a reward model, for suites that score with it ({rubric: reward, scorer: reward}).")] = None,
     compare_runs: Annotated[bool, typer.Option("--compare", help="With several checkpoints: compare their runs afterwards.")] = False,
     mlflow: Annotated[Optional[str], typer.Option(help="Log the run to MLflow at this tracking URI (e.g. file:./mlruns).")] = None,
     wandb: Annotated[Optional[str], typer.Option(help="Log the run to this Weights & Biases project (WANDB_MODE=offline works offline).")] = None,
@@ -199,7 +200,7 @@ def run_command(
         "judge_mass_check": not no_mass_check, "adherence": not no_adherence, "adherence_threshold": adherence_threshold,
         "include_flagged": include_flagged, "replay_client": replay_client, "scripted_client": scripted_client,
         "judge_validation": judge_validation, "emotion_model": emotion_model,
-        "emotion_labels": _pairs(emotion_label or [], "--emotion-label")}
+        "emotion_labels": _pairs(emotion_label or [], "--emotion-label"), "reward_endpoint": reward_endpoint}
     params = {"client": ("client_model", "client_endpoint", "client_api_key_env", "client_backend"),
               "judge": ("judge_model", "judge_endpoint", "judge_api_key_env", "judge_backend"),
               "lora": ("lora",), "vllm_args": ("vllm_args",), "judge_mass_check": ("no_mass_check",),

@@ -78,7 +78,7 @@ class Rubric(_Strict):
     version: str
     source: str = Field(min_length=10)
     notes: str = ""
-    unit: Literal["transcript", "response"]
+    unit: Literal["transcript", "response", "any"] = Field(description="what one rating is about; any: a scorer that reads either")
     scale: Scale
     judge_instructions: str
     areas: list[Area] = []

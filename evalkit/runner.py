@@ -55,8 +55,9 @@ class ScoringPlan:
 
     @classmethod
     def of(cls, loaded: LoadedSuite, settings: JudgeSettings, *, simulated_client: bool,
-           emotion_model: str | Path | None = None, emotion_labels: dict[str, str] | None = None) -> ScoringPlan:
-        options = {"emotion_model": emotion_model, "emotion_labels": emotion_labels}
+           options: dict[str, Any] | None = None) -> ScoringPlan:
+        """`options`: run-level settings for the scorers that take them (emotion_model, reward_endpoint, ...)."""
+        options = options or {}
         scorers: list[Scorer] = [make_scorer(use.scorer, loaded, rubric, **options) if use.scorer else
                                  RubricScorer(rubric, applies_to=use.applies_to, layout=settings.layout)
                                  for use, rubric in loaded.rubric_uses]
@@ -77,7 +78,14 @@ class ScoringPlan:
         return {s: {(s.id, k) for k in s.keys(transcript, source)} for s in self.scorers}
 
     def describe(self) -> list[str]:
-        return [f"{s.id}/{s.version}" for s in self.scorers]
+        """Each scorer's id/version, and where it reads from when that is not the judge (e.g. a reward server)."""
+        return [f"{s.id}/{s.version}" + (f"@{s.provenance}" if getattr(s, "provenance", None) else "") for s in self.scorers]
+
+    async def aclose(self) -> None:
+        """Close what scorers opened (e.g. a reward server connection)."""
+        for scorer in self.scorers:
+            if hasattr(scorer, "aclose"):
+                await scorer.aclose()
 
 
 def _sampling(loaded: LoadedSuite, spec: EvalSpec) -> dict[str, SamplingParams]:
@@ -199,7 +207,10 @@ async def score(store: RunDir, plan: ScoringPlan, judge: Judge, *, concurrency: 
         store.append_scores(rows)
         reporter.rows_scored(len(rows))
 
-    await run_bounded(pending(), work, concurrency=concurrency, on_result=keep)
+    try:
+        await run_bounded(pending(), work, concurrency=concurrency, on_result=keep)
+    finally:
+        await plan.aclose()
 
 
 def count(store: RunDir, plan: ScoringPlan) -> tuple[RunCounts, dict[str, SessionFacts]]:
@@ -327,7 +338,8 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
                      else ScriptedClient(Path(spec.scripted_client), list({c.persona.id: c.persona for c in prepared.cases}.values()))
                      if spec.scripted_client else None)
     plan = ScoringPlan.of(loaded, prepared.settings, simulated_client=not isinstance(client_source, ScriptedClient),
-                          emotion_model=spec.emotion_model, emotion_labels=spec.emotion_labels)
+                          options={"emotion_model": spec.emotion_model, "emotion_labels": spec.emotion_labels,
+                                   "reward_endpoint": spec.reward_endpoint})
     staging = Path(out or spec.out or Path("results") / ".starting")
     owned_context = context is None
     context = context or BuildContext(log_dir=staging, max_model_len=spec.max_model_len, vllm_args=list(spec.vllm_args),
@@ -526,7 +538,10 @@ async def rescore_async(source: str | Path, *, judge: RoleConfig | Backend, out:
     role = roles["therapist"]
     role.name = "judge"
     backends = RoleBackends(BuildContext(log_dir=out_dir.directory))
-    plan = ScoringPlan.of(loaded, settings, simulated_client=not old.client_mode.startswith("scripted"))
+    # A reward scorer reads the same reward server the source run recorded ("reward/1@URL").
+    reward = next((d.split("@", 1)[1] for d in old.scorers if d.startswith("reward/") and "@" in d), None)
+    plan = ScoringPlan.of(loaded, settings, simulated_client=not old.client_mode.startswith("scripted"),
+                          options={"reward_endpoint": reward})
     manifest = None
     try:
         await backends.bind(role)

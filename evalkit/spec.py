@@ -80,6 +80,8 @@ class EvalSpec(BaseModel):
     emotion_model: Path | None = Field(None, description="reference suites: a sequence-classification model (transformers) "
                                                          "whose label is compared with each item's annotated emotion")
     emotion_labels: dict[str, str] = Field({}, description="classifier label -> dataset emotion label")
+    reward_endpoint: str | None = Field(None, min_length=1, description="a vLLM server of a reward model, for suites that "
+                                                                        "use the reward scorer")
     replay_client: Path | None = None
     scripted_client: Path | None = None
     judge_validation: Path | None = None

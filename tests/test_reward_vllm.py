@@ -204,3 +204,76 @@ def test_cli_eval_pref_with_reward_endpoint(reward_endpoint, tmp_path):
     assert result.code == 0, result.output
     report = json.loads((tmp_path / "out" / "eval-pref.json").read_text())
     assert report["kind"] == "reward model (vLLM)" and report["pairs"] == 6 and len(report["rewards"]) == 6
+
+
+def _reward_suite(tmp_path):
+    """psychocounsel with the reward model as a second scorer."""
+    from evalkit.suites import load_suite
+
+    path = tmp_path / "psychocounsel-reward.yaml"
+    path.write_text(load_suite("psychocounsel").path.read_text().replace("id: psychocounsel\n", "id: psychocounsel-reward\n")
+                    .replace("rubrics: [psychocounsel]", "rubrics: [psychocounsel, {rubric: reward, scorer: reward}]"))
+    return path
+
+
+def _mock_run(tmp_path, name: str, reply: str, **kwargs):
+    import evalkit
+    from evalkit.backends.mock import MockBackend
+
+    return evalkit.run(MockBackend(model=f"therapist-{name}", replies=[reply]), kwargs.pop("suite", "psychocounsel"),
+                       judge=MockBackend(model="judge-mock"), sessions=6, out=tmp_path / name, report=False, **kwargs)
+
+
+def test_reward_model_scores_every_response_of_a_run_and_rescore_reads_it_again(reward_endpoint, transformers_reward, tmp_path):
+    from evalkit.backends.mock import MockBackend
+    from evalkit.rundir import RunDir
+    from evalkit.runner import rescore
+
+    result = _mock_run(tmp_path, "rewarded", "That sounds heavy. What has it been like for you?",
+                       suite=str(_reward_suite(tmp_path)), reward_endpoint=reward_endpoint)
+    store = RunDir(result.directory)
+    transcripts = store.transcripts()
+    rows = [r for rows in store.scores().values() for r in rows if r.rubric == "reward"]
+    assert len(rows) == 6 == len(transcripts)
+    for row in rows:
+        logit = transformers_reward(transcript_messages(transcripts[row.session_id]))
+        assert row.valid and row.expected == pytest.approx(sigmoid(logit), abs=TOLERANCE)
+        assert row.reason == f"reward logit {float(row.reason.split()[-1]):.6g}"
+        assert float(row.reason.split()[-1]) == pytest.approx(logit, abs=1e-4) and row.judge == "reward model tiny-rm"
+    assert f"reward/1@{reward_endpoint}" in result.manifest.config.scorers
+    assert result.summary.rubrics["reward"].items["reward"].n == 6
+    # Rescoring with another judge re-reads the reward server the run recorded: the same rewards.
+    again = rescore(result.directory, judge=MockBackend(model="judge-other"), out=tmp_path / "rescored", report=False)
+    reread = {r.session_id: r.expected for rows in RunDir(again.directory).scores().values() for r in rows if r.rubric == "reward"}
+    assert reread == pytest.approx({r.session_id: r.expected for r in rows}, abs=1e-6)
+
+
+def test_a_suite_with_the_reward_scorer_needs_an_endpoint(tmp_path):
+    result = run_cli("run", "--model", "t", "--backend", "mock", "--judge-model", "j", "--judge-backend", "mock",
+                     "--suite", _reward_suite(tmp_path), "--out", tmp_path / "run")
+    assert_one_line_error(result, "--reward-endpoint")
+    assert not (tmp_path / "run").exists()
+
+
+def test_reward_model_is_the_pairwise_judge_in_compare(reward_endpoint, transformers_reward, tmp_path):
+    """compare --pairwise-reward-endpoint: each verdict is sigmoid(reward difference), from transformers' rewards too."""
+    from evalkit.rundir import RunDir
+
+    candidate = _mock_run(tmp_path, "candidate", "That sounds really hard. What has been the worst part of it?")
+    baseline = _mock_run(tmp_path, "baseline", "OK.")
+    result = run_cli("compare", candidate.directory, "--baseline", baseline.directory, "--pairwise-reward-endpoint",
+                     reward_endpoint, "--bootstrap", "0", "--out", tmp_path / "cmp")
+    assert result.code == 0, result.output
+    verdicts = [json.loads(line) for line in (tmp_path / "cmp" / "pairwise.jsonl").read_text().splitlines()]
+    assert len(verdicts) == 12 and {v["order"] for v in verdicts} == {"candidate-first", "baseline-first"}
+    by_key = {name: {t.key: t for t in RunDir(run.directory).transcripts().values()}
+              for name, run in (("candidate", candidate), ("baseline", baseline))}
+    for v in verdicts:
+        first, second = ("candidate", "baseline") if v["order"] == "candidate-first" else ("baseline", "candidate")
+        r1, r2 = (transformers_reward(transcript_messages(by_key[side][v["session"]])) for side in (first, second))
+        assert v["p_first"] == pytest.approx(sigmoid(r1 - r2), abs=1e-3)
+        assert v["judge"] == "reward model tiny-rm"
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    wins = comparison["pairwise_judge"]["per_candidate"]["candidate"]
+    assert comparison["pairwise_judge"]["kind"].startswith("reward model")
+    assert wins["wins"] + wins["losses"] + wins["ties"] == 6

@@ -109,6 +109,7 @@ _BUILT_IN = {
     "risk-surfaced": "evalkit.judging.safety:risk_surfaced_scorer",
     "formulation": "evalkit.judging.formulation:formulation_scorer",
     "reference": "evalkit.judging.reference:reference_scorer",
+    "reward": "evalkit.judging.reward:reward_scorer",
 }
 _REGISTRY: dict[str, Callable[..., Scorer]] = {}
 

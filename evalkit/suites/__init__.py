@@ -253,7 +253,7 @@ def load_suite(name_or_path: str | Path) -> LoadedSuite:
                 raise ConfigError(f"{path}: field 'rubrics.{index}': {exc}") from None
             raise
         expected = "transcript" if suite.unit == "session" else "response"  # a reference item's reply is a response
-        if rubric.unit != expected:
+        if rubric.unit not in (expected, "any"):
             raise ConfigError(f"{path}: field 'rubrics.{index}': rubric '{rubric.id}' rates a {rubric.unit}, "
                               f"but this suite's unit is '{suite.unit}'")
         if use.applies_to == "risk" and suite.unit != "session":
