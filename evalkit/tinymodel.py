@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ._resources import rubrics_dir, simulators_dir
@@ -87,25 +88,44 @@ def _llama_config(fast, **extra):
     )
 
 
+def _build(out: Path, marker: str, write: Callable[[Path], dict]) -> Path:
+    """`write(folder)` fills a fresh folder and returns its recipe; the folder then becomes `out` in one rename, so
+    processes building the same cache at once (parallel tests) never read half a model. A finished build is reused."""
+    import shutil
+    import tempfile
+
+    if (out / marker).exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        (staging / marker).write_text(json.dumps({"recipe": BUILD_VERSION, **write(staging)}))
+        try:
+            os.rename(staging, out)  # replaces `out` only if it is missing or empty
+        except OSError:
+            if not (out / marker).exists():  # a folder of the caller's: move the files in, the marker last
+                for item in sorted(staging.iterdir(), key=lambda p: p.name == marker):
+                    os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def build_tiny_model(out: Path | None = None, *, vocab_size: int = 1024, seed: int = 0) -> Path:
     """Write a tiny Llama (2 layers, hidden 128, head_dim 64) and its tokenizer to `out`; reuse a finished build."""
-    import torch
-    from transformers import LlamaForCausalLM
 
-    out = Path(out) if out else default_cache_dir()
-    marker = out / "evalkit-tiny-model.json"
-    if marker.exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+    def write(folder: Path) -> dict:
+        import torch
+        from transformers import LlamaForCausalLM
 
-    fast = _build_tokenizer(vocab_size)
-    fast.save_pretrained(out)
+        fast = _build_tokenizer(vocab_size)
+        fast.save_pretrained(folder)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(_llama_config(fast)).to(torch.float32).save_pretrained(folder, safe_serialization=True)
+        return {"vocab_size": len(fast), "seed": seed}
 
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(fast)).to(torch.float32)
-    model.save_pretrained(out, safe_serialization=True)
-    marker.write_text(json.dumps({"recipe": BUILD_VERSION, "vocab_size": len(fast), "seed": seed}))
-    return out
+    return _build(Path(out) if out else default_cache_dir(), "evalkit-tiny-model.json", write)
 
 
 REWARD_HEAD_STD = 0.25  # the score head's init; the default 0.02 leaves rewards of different replies ~1e-3 apart
@@ -121,25 +141,21 @@ def build_tiny_reward_model(out: Path | None = None, seed: int = 0, *, vocab_siz
     The same shape, tokenizer and chat template as `build_tiny_model`, so the chat template renders a conversation
     exactly as for the chat model; `pad_token_id` is set (transformers needs it to find the last token of a padded
     batch). vLLM serves it with `--runner pooling --convert classify` (backends/reward.py)."""
-    out = Path(out) if out else default_reward_cache_dir()
-    marker = out / "evalkit-tiny-reward-model.json"
-    if marker.exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
 
-    import torch
-    from transformers import LlamaForSequenceClassification
+    def write(folder: Path) -> dict:
+        import torch
+        from transformers import LlamaForSequenceClassification
 
-    fast = _build_tokenizer(vocab_size)
-    fast.save_pretrained(out)
+        fast = _build_tokenizer(vocab_size)
+        fast.save_pretrained(folder)
+        torch.manual_seed(seed)
+        model = LlamaForSequenceClassification(_llama_config(fast, num_labels=1)).to(torch.float32)
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, REWARD_HEAD_STD)
+        model.save_pretrained(folder, safe_serialization=True)
+        return {"kind": "reward", "vocab_size": len(fast), "seed": seed}
 
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(_llama_config(fast, num_labels=1)).to(torch.float32)
-    with torch.no_grad():
-        model.score.weight.normal_(0.0, REWARD_HEAD_STD)
-    model.save_pretrained(out, safe_serialization=True)
-    marker.write_text(json.dumps({"recipe": BUILD_VERSION, "kind": "reward", "vocab_size": len(fast), "seed": seed}))
-    return out
+    return _build(Path(out) if out else default_reward_cache_dir(), "evalkit-tiny-reward-model.json", write)
 
 
 REASONING_TEMPLATE = CHAT_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
@@ -149,19 +165,17 @@ def build_tiny_reasoning_model(out: Path, *, vocab_size: int = 1024, seed: int =
     """A tiny "reasoning" chat model: `<think>` and `</think>` are single special tokens and the chat template opens a
     thinking block for every reply (as DeepSeek-R1's does), so vLLM's `deepseek_r1` reasoning parser separates the
     thinking from the reply. Its weights are random: what it thinks is noise, the plumbing is what is tested."""
-    import torch
-    from transformers import LlamaForCausalLM
 
-    out = Path(out)
-    marker = out / "evalkit-tiny-reasoning-model.json"
-    if marker.exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    fast = _build_tokenizer(vocab_size)
-    fast.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
-    fast.chat_template = REASONING_TEMPLATE
-    fast.save_pretrained(out)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(_llama_config(fast)).to(torch.float32).save_pretrained(out, safe_serialization=True)
-    marker.write_text(json.dumps({"recipe": BUILD_VERSION, "kind": "reasoning", "vocab_size": len(fast), "seed": seed}))
-    return out
+    def write(folder: Path) -> dict:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        fast = _build_tokenizer(vocab_size)
+        fast.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+        fast.chat_template = REASONING_TEMPLATE
+        fast.save_pretrained(folder)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(_llama_config(fast)).to(torch.float32).save_pretrained(folder, safe_serialization=True)
+        return {"kind": "reasoning", "vocab_size": len(fast), "seed": seed}
+
+    return _build(Path(out), "evalkit-tiny-reasoning-model.json", write)
