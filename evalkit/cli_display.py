@@ -220,6 +220,9 @@ def print_validation(report, out) -> None:
              " and are left out of the agreement")
     if report.repeat_variability:
         rv = report.repeat_variability
-        console.print(f"scored {rv['repeats']} times: mean SD of a unit's expected score {rv['mean_sd']:.4f} (max {rv['max_sd']:.4f})")
+        if rv["mean_sd"] is None:
+            console.print(f"scored {rv['repeats']} times: no unit was scored validly in every repeat, so there is no variability to report")
+        else:
+            console.print(f"scored {rv['repeats']} times: mean SD of a unit's expected score {rv['mean_sd']:.4f} (max {rv['max_sd']:.4f})")
     console.print(f"validation report: [bold]{escape(str(out / 'validation.json'))}[/bold] "
                   f"(record it in runs with --judge-validation)", soft_wrap=True)

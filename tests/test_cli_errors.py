@@ -104,7 +104,7 @@ def test_vllm_failing_to_start_shows_its_log(tmp_path):
     model.mkdir()
     (model / "config.json").write_text('{"architectures": ["NoSuchForCausalLM"], "model_type": "no-such-type"}')
     result = run_cli("run", "--model", model, "--suite", "act-fm", "--out", tmp_path / "run",
-                     "--vllm-args", TINY_VLLM_ARGS, timeout=900)
+                     "--vllm-args", TINY_VLLM_ARGS)
     # One error line (after the "starting vLLM" notice and warnings, which are not errors).
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.code == 2 and "Traceback" not in result.output, result.output
