@@ -171,3 +171,15 @@ def check_scores(run_dir: Path, rubric_id: str, sessions: int) -> list[dict]:
         assert sum(p > 0.02 for p in dist.values()) >= 2, dist
         assert row["mass"] is not None  # the judge's own probability on the score tokens is always recorded
     return rows
+
+
+# Files that start vLLM servers or train models, slowest first: `--dist loadfile` hands files to the two workers in
+# collection order, so starting with the long ones lets both workers finish together instead of one idling.
+SLOW_FILES = ("test_run_vllm.py", "test_judge_training.py", "test_formulation.py", "test_offline.py",
+              "test_judge_validation.py", "test_replicas.py", "test_reward_vllm.py", "test_statistics_simulation.py",
+              "test_lm_eval.py", "test_reasoning_model.py", "test_reliability.py", "test_bad_input.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: a file's tests stay together

@@ -117,22 +117,19 @@ class SessionEngine:
         assert case.reference is not None
         turns = [Turn(role=t.role, content=t.content, client_source="scripted" if t.role == "client" else None)
                  for t in case.reference.context]
-        try:
-            reply = await self._reply(self.therapist, therapist_messages(self.system_prompt, turns), self.therapist_sampling)
-        except ContextLengthExceeded:
-            return turns, "context_length"
-        turns.append(_turn("therapist", reply))
-        return turns, "single_response"
+        return await self._one_reply(turns)
 
     async def _single_response(self, case: Case) -> tuple[list[Turn], str]:
         assert case.utterance is not None
-        turns = [Turn(role="client", content=case.utterance.text.strip())]
+        return await self._one_reply([Turn(role="client", content=case.utterance.text.strip())])
+
+    async def _one_reply(self, turns: list[Turn]) -> tuple[list[Turn], str]:
+        """The therapist's one reply to a fixed dialogue (single-response and reference units)."""
         try:
             reply = await self._reply(self.therapist, therapist_messages(self.system_prompt, turns), self.therapist_sampling)
         except ContextLengthExceeded:
             return turns, "context_length"
-        turns.append(_turn("therapist", reply))
-        return turns, "single_response"
+        return [*turns, _turn("therapist", reply)], "single_response"
 
 
 async def run_bounded(items: Iterable, work: Callable[[object], Awaitable[object]], *, concurrency: int,
