@@ -339,7 +339,7 @@ def compare(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for Bradley-Terry CIs (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed for the bootstrap.")] = 0,
 ) -> None:
-    """Statistics across stored runs: mixed-model Wald chi-square, nonparametric tests, contrasts, win rates."""
+    """Statistics across stored runs: mixed model (F test), nonparametric tests, corrected contrasts, win rates, Bradley-Terry."""
     from .cli_display import print_comparison
     from .compare import compare as run_compare
     from .roles import RoleSpec

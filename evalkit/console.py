@@ -47,6 +47,3 @@ console = Console(file=_Scrubbed())  # type: ignore[arg-type]
 def warn(message: str) -> None:
     console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", soft_wrap=True)
 
-
-def say(message: str) -> None:
-    console.print(escape(message), soft_wrap=True)

@@ -117,7 +117,7 @@ def check_model_path(model: str, field: str) -> Path | None:
     raise ModelNotFound(f"{field} {model}: no such directory")
 
 
-def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[RoleName, Role], list[str]]:
+def resolve_roles(specs: dict[str, RoleSpec]) -> dict[RoleName, Role]:
     """Bind each role to a spec (defaulting to the therapist's), check local paths and hash them."""
     therapist = specs.get("therapist") or RoleSpec()
     if not therapist.given:
@@ -140,7 +140,7 @@ def resolve_roles(specs: dict[str, RoleSpec]) -> tuple[dict[RoleName, Role], lis
         if path is not None:
             role.model_hash = hashes.setdefault(path, hash_model_dir(path))
         roles[name] = role
-    return roles, []
+    return roles
 
 
 def self_play_warnings(roles: dict[RoleName, Role], *, has_client: bool) -> tuple[bool, bool, list[str]]:
@@ -228,7 +228,7 @@ class RoleBackends:
 async def judge_backend(spec: RoleSpec, log_dir: Path) -> AsyncIterator[tuple[Backend, str]]:
     """One backend for a judge outside a run (pairwise preference, validation, preference accuracy), with its
     identity; whatever it started is stopped on exit."""
-    role = resolve_roles({"therapist": spec})[0]["therapist"]
+    role = resolve_roles({"therapist": spec})["therapist"]
     role.name = "judge"
     backends = RoleBackends(BuildContext(log_dir=log_dir))
     try:

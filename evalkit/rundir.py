@@ -188,6 +188,3 @@ class RunDir:
     def append_scores(self, rows: Iterable[ItemScore]) -> None:
         append_lines(self.path(SCORES), [r.model_dump_json() for r in rows])
 
-
-def load_summary(directory: str | Path) -> Summary:
-    return RunDir(directory).summary()

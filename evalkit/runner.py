@@ -333,7 +333,7 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
                     out: Path | None = None) -> RunResult:
     spec, loaded = prepared.spec, prepared.loaded
     session = loaded.suite.unit == "session"
-    roles, _ = resolve_roles(_specs(spec, instances, session, therapist_options))
+    roles = resolve_roles(_specs(spec, instances, session, therapist_options))
     client_source = (ReplayClient(Path(spec.replay_client)) if spec.replay_client
                      else ScriptedClient(Path(spec.scripted_client), list({c.persona.id: c.persona for c in prepared.cases}.values()))
                      if spec.scripted_client else None)
@@ -534,7 +534,7 @@ async def rescore_async(source: str | Path, *, judge: RoleConfig | Backend, out:
     settings = JudgeSettings(min_mass=judge_min_mass, check_mass=judge_mass_check,
                              adherence_threshold=(old.adherence_threshold or 0.8) if adherence and session else None)
     spec = RoleSpec(instance=judge) if not isinstance(judge, RoleConfig) else judge.role_spec()
-    roles, _ = resolve_roles({"therapist": spec})
+    roles = resolve_roles({"therapist": spec})
     role = roles["therapist"]
     role.name = "judge"
     backends = RoleBackends(BuildContext(log_dir=out_dir.directory))

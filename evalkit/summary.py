@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -137,13 +137,6 @@ class SessionFacts:
     source_id: str
     truncated: bool = False
     reasoning_turns: int = 0
-
-
-@dataclass
-class Exclusions:
-    include_flagged: bool = False
-    exclude_truncated: bool = False
-    flagged: set[str] = field(default_factory=set)
 
 
 def adherence_of(scores: Mapping[str, Sequence[ScoreValue]], sources: Mapping[str, str],
