@@ -22,15 +22,21 @@ def describe_validation_error(source: str, exc: ValidationError) -> str:
     return f"{source}: field '{where}': {first['msg']}{tail}"
 
 
-def load_yaml_model(path: Path, model: type[M]) -> M:
+def read_text(path: Path, *, what: str = "file") -> str:
+    """A text file as UTF-8, or a one-line ConfigError naming the file and what is wrong with it."""
+    path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); YAML files must be UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); evalkit reads {what}s as UTF-8") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+        raise ConfigError(f"{path}: is a directory, expected a {what}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def load_yaml_model(path: Path, model: type[M]) -> M:
+    text = read_text(path, what="YAML file")
     try:
         data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:

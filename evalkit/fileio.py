@@ -18,7 +18,7 @@ from typing import BinaryIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._yaml import describe_validation_error
+from ._yaml import describe_validation_error, read_text
 from .errors import ConfigError, StorageError
 from .secrets import scrub
 
@@ -134,18 +134,6 @@ def repair_tail(path: Path) -> None:
             handle.truncate(data.rfind(b"\n") + 1)
     except OSError as exc:
         raise _storage_error(path, exc) from None
-
-
-def read_text(path: Path, *, what: str = "file") -> str:
-    path = Path(path)
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); evalkit reads {what}s as UTF-8") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a {what}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def iter_jsonl(path: Path, model: type[R]) -> Iterator[R]:
