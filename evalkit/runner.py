@@ -28,7 +28,7 @@ from .provenance import git_commit, host_info
 from .records import ContentRef, Manifest, RoleRecord, RunConfig, RunCounts, Summary, Transcript
 from .reporting import Reporter
 from .roles import Role, RoleBackends, resolve_roles, self_play_warnings
-from .rundir import RunDir
+from .rundir import RunDir, ScoreValue
 from .simulation.client_modes import ReplayClient, ScriptedClient, SimulatedClient
 from .simulation.engine import SessionEngine, run_bounded
 from .spec import EvalSpec, RoleConfig
@@ -213,9 +213,10 @@ async def score(store: RunDir, plan: ScoringPlan, judge: Judge, *, concurrency: 
         await plan.aclose()
 
 
-def count(store: RunDir, plan: ScoringPlan) -> tuple[RunCounts, dict[str, SessionFacts]]:
-    """What the run directory holds: one pass, the single source of the manifest's and the summary's counts."""
-    written = store.written_keys()
+def count(store: RunDir, plan: ScoringPlan, values: dict[str, list[ScoreValue]]) -> tuple[RunCounts, dict[str, SessionFacts]]:
+    """What the run directory holds (`values`: its latest score rows), the single source of the manifest's and the
+    summary's counts."""
+    written = {sid: {(v.rubric, v.item): v.valid for v in rows} for sid, rows in values.items()}
     counts = RunCounts()
     facts: dict[str, SessionFacts] = {}
     for transcript in store.iter_transcripts():
@@ -236,9 +237,9 @@ def count(store: RunDir, plan: ScoringPlan) -> tuple[RunCounts, dict[str, Sessio
 
 
 def summarise_run(store: RunDir, plan: ScoringPlan, settings: JudgeSettings, *, include_flagged: bool) -> Summary:
-    counts, facts = count(store, plan)
-    loaded = plan.suite
     values = store.score_values()
+    counts, facts = count(store, plan, values)
+    loaded = plan.suite
     summary = summarise(store.name, loaded.suite.id, [(r, loaded.applies_to(r.id)) for r in loaded.rubrics], facts,
                         values, counts, adherence_threshold=settings.adherence_threshold,
                         include_flagged=include_flagged, exclude_truncated=loaded.suite.exclude_truncated)

@@ -89,6 +89,41 @@ def normalise_base_url(url: str, field: str = "endpoint") -> str:
     return text if text.endswith("/v1") else f"{text}/v1"
 
 
+async def probe_server(session: aiohttp.ClientSession, endpoint: str, model: str | None,
+                       timeouts: Timeouts) -> tuple[str, str | None]:
+    """GET /v1/models and /version: the endpoint answers, speaks the OpenAI protocol, and serves `model` (or exactly
+    one model, when none is named). Returns (model, vLLM version or None); every failure is one line."""
+    base_url = normalise_base_url(endpoint)
+    probe_timeout = aiohttp.ClientTimeout(total=min(30.0, timeouts.total), sock_connect=timeouts.connect)
+    try:
+        async with session.get(f"{base_url}/models", timeout=probe_timeout) as response:
+            status, text = response.status, await response.text(errors="replace")
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        raise BackendUnavailable(f"cannot reach endpoint {endpoint}: {_describe(exc)}") from None
+    if status in (401, 403):
+        asked = "refused the API key" if "Authorization" in session.headers else "requires an API key"
+        raise BackendError(f"endpoint {endpoint} {asked} (HTTP {status}); check api_key_env")
+    listing = _json(text)
+    if status != 200 or not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+        raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models gave HTTP {status}"
+                           f" without a JSON object holding a 'data' list: {' '.join(scrub(text).split())[:80]!r})")
+    served = [str(m.get("id")) for m in listing["data"] if isinstance(m, dict)]
+    if model is None:
+        if len(served) != 1:
+            raise ConfigError(f"endpoint {endpoint} serves {len(served)} models ({', '.join(served[:5])}); name one as the model")
+        model = served[0]
+    elif served and model not in served:
+        raise ConfigError(f"endpoint {endpoint} does not serve '{model}' (it serves: {', '.join(served[:5])})")
+    version = None
+    try:
+        async with session.get(base_url.removesuffix("/v1") + "/version", timeout=probe_timeout) as v:
+            body = _json(await v.text()) if v.status == 200 else None
+            version = body.get("version") if isinstance(body, dict) else None
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        pass
+    return str(model), version
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
@@ -136,36 +171,8 @@ class OpenAIBackend:
         base_url = normalise_base_url(endpoint)
         api_key = api_key_from_env(api_key_env)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        probe_timeout = aiohttp.ClientTimeout(total=min(30.0, timeouts.total), sock_connect=timeouts.connect)
-        async with aiohttp.ClientSession(headers=headers, timeout=probe_timeout) as probe:
-            try:
-                async with probe.get(f"{base_url}/models") as response:
-                    status, text = response.status, await response.text(errors="replace")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                raise BackendUnavailable(f"cannot reach endpoint {endpoint}: {_describe(exc)}") from None
-            if status in (401, 403):
-                raise BackendError(f"endpoint {endpoint} refused the API key (HTTP {status}); check api_key_env")
-            if status != 200:
-                raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models gave HTTP {status})")
-            listing = _json(text)
-            if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
-                raise BackendError(f"endpoint {endpoint} is not an OpenAI-compatible server (GET /v1/models did not "
-                                   f"answer a JSON object with a 'data' list: {scrub(text)[:80]!r})")
-            served = [m.get("id") for m in listing["data"] if isinstance(m, dict)]
-            if model is None:
-                if len(served) != 1:
-                    raise ConfigError(f"endpoint {endpoint} serves {len(served)} models ({', '.join(map(str, served[:5]))}); "
-                                      "name one as the model")
-                model = served[0]
-            elif served and model not in served:
-                raise ConfigError(f"endpoint {endpoint} does not serve '{model}' (it serves: {', '.join(map(str, served[:5]))})")
-            version = None
-            try:
-                async with probe.get(base_url.removesuffix("/v1") + "/version") as v:
-                    body = _json(await v.text()) if v.status == 200 else None
-                    version = body.get("version") if isinstance(body, dict) else None
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
+        async with aiohttp.ClientSession(headers=headers) as probe:
+            model, version = await probe_server(probe, endpoint, model, timeouts)
         info = BackendInfo(kind=kind, model=str(model), endpoint=endpoint, api_key_env=api_key_env,
                            server="vllm" if version else None, server_version=version)
         return cls(base_url, str(model), api_key=api_key, info=info, server_is_vllm=version is not None,

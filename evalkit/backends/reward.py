@@ -37,7 +37,7 @@ from ..errors import BackendError, BackendUnavailable, ConfigError, ContextLengt
 from ..records import BackendRecord, Transcript
 from ..secrets import api_key_from_env, scrub
 from .base import Timeouts
-from .openai_http import _RETRY_STATUSES, CONTEXT_MARKERS, _describe, _json, _retry_after, _Transient, normalise_base_url, with_retries
+from .openai_http import _RETRY_STATUSES, CONTEXT_MARKERS, _describe, _json, _retry_after, _Transient, normalise_base_url, probe_server, with_retries
 
 ROUTE = "/classify"
 KIND = "vllm-reward"
@@ -86,7 +86,7 @@ class RewardClient:
                                         timeout=aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect,
                                                                       sock_read=timeouts.first_byte))
         try:
-            model, version = await cls._probe_models(session, endpoint, base_url, model, timeouts)
+            model, version = await probe_server(session, endpoint, model, timeouts)
             info = BackendRecord(kind=KIND, model=model, endpoint=endpoint, api_key_env=api_key_env,
                                  server="vllm" if version else None, server_version=version)
             client = cls(root_url, model, session=session, info=info, timeouts=timeouts)
@@ -94,38 +94,6 @@ class RewardClient:
             yield client
         finally:
             await session.close()
-
-    @staticmethod
-    async def _probe_models(session: aiohttp.ClientSession, endpoint: str, base_url: str, model: str | None,
-                            timeouts: Timeouts) -> tuple[str, str | None]:
-        probe_timeout = aiohttp.ClientTimeout(total=min(30.0, timeouts.total), sock_connect=timeouts.connect)
-        try:
-            async with session.get(f"{base_url}/models", timeout=probe_timeout) as response:
-                status, text = response.status, await response.text(errors="replace")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise BackendUnavailable(f"cannot reach reward endpoint {endpoint}: {_describe(exc)}") from None
-        if status in (401, 403):
-            asked = "refused the API key" if "Authorization" in session.headers else "requires an API key"
-            raise BackendError(f"reward endpoint {endpoint} {asked} (HTTP {status}); check api_key_env")
-        listing = _json(text)
-        if status != 200 or not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
-            raise BackendError(f"reward endpoint {endpoint} is not a vLLM server (GET /v1/models gave HTTP {status}: "
-                               f"{_one_line(text, 80)!r})")
-        served = [str(m.get("id")) for m in listing["data"] if isinstance(m, dict)]
-        if model is None:
-            if len(served) != 1:
-                raise ConfigError(f"reward endpoint {endpoint} serves {len(served)} models ({', '.join(served[:5])}); name one")
-            model = served[0]
-        elif served and model not in served:
-            raise ConfigError(f"reward endpoint {endpoint} does not serve '{model}' (it serves: {', '.join(served[:5])})")
-        version = None
-        try:
-            async with session.get(f"{base_url.removesuffix('/v1')}/version", timeout=probe_timeout) as v:
-                body = _json(await v.text()) if v.status == 200 else None
-                version = body.get("version") if isinstance(body, dict) else None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
-        return model, version
 
     async def _probe_reward(self) -> None:
         """One tiny request: a server without the classification route, or a classifier with several labels, or a

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..judging import adherence as adherence_scorer
-from ..records import Manifest, Summary, Transcript
+from ..records import Manifest, Transcript
 from ..rubrics import Rubric
 from ..rundir import RunDir
 from ..suites import LoadedSuite
@@ -32,7 +32,6 @@ class Run:
     scores: pd.DataFrame  # one row per session x item: session_id, source_id, rubric, item, value, rating, valid
     flagged: frozenset[str] = frozenset()  # sessions whose simulated client fell below the adherence threshold
     surfaced: dict[str, bool | None] = field(default_factory=dict)  # risk sessions: did the risk surface?
-    summary: Summary | None = None  # summary.json, when the run got that far
 
     @property
     def rubrics(self) -> list[Rubric]:
@@ -48,22 +47,22 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
     store = RunDir(directory)
     manifest = store.require_manifest()
     loaded = store.suite()
-    rows, values = [], {}
-    for session_rows in store.scores().values():
+    latest = store.scores()  # one pass over scores.jsonl serves the table, the flags and the risk check
+    rows = []
+    for session_rows in latest.values():
         for row in session_rows:
             rating = None if not row.valid or not row.distribution else int(max(row.distribution, key=row.distribution.get))
             rows.append({"session_id": row.session_id, "source_id": row.source_id, "rubric": row.rubric,
                          "item": row.item, "value": row.expected if row.valid else None, "rating": rating, "valid": row.valid})
     scores = pd.DataFrame(rows, columns=["session_id", "source_id", "rubric", "item", "value", "rating", "valid"])
-    values = store.score_values()
     threshold = manifest.config.adherence_threshold
-    flagged = frozenset(sid for sid, rows_ in values.items()
+    flagged = frozenset(sid for sid, rows_ in latest.items()
                         if threshold is not None and adherence_scorer.session_adherence(rows_, threshold).flagged)
-    # Read now, so a damaged summary stops a command before it writes any of its outputs.
-    summary = store.summary() if store.path("summary.json").exists() else None
+    if store.path("summary.json").exists():
+        store.summary()  # a damaged summary (read later by the report) stops the command before it writes anything
     return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest, suite=loaded,
                transcripts=store.transcripts(), scores=scores, flagged=flagged,
-               surfaced={sid: surfaced(rows_) for sid, rows_ in values.items()}, summary=summary)
+               surfaced={sid: surfaced(rows_) for sid, rows_ in latest.items()})
 
 
 def incompatibilities(runs: list[Run]) -> list[str]:
