@@ -143,11 +143,12 @@ def resolve_roles(specs: dict[str, RoleSpec]) -> dict[RoleName, Role]:
     return roles
 
 
-def self_play_warnings(roles: dict[RoleName, Role], *, has_client: bool) -> tuple[bool, bool, list[str]]:
-    """(self_play, self_judged, warnings), decided by the models' identities, not by which flags were given."""
+def self_play_warnings(roles: dict[RoleName, Role], *, has_client: bool, has_judge: bool = True) -> tuple[bool, bool, list[str]]:
+    """(self_play, self_judged, warnings), decided by the models' identities, not by which flags were given.
+    `has_client`/`has_judge`: whether a simulated client / an LLM judge takes part at all."""
     therapist = roles["therapist"].identity
     self_play = has_client and roles["client"].identity == therapist
-    self_judged = roles["judge"].identity == therapist
+    self_judged = has_judge and roles["judge"].identity == therapist
     warnings = []
     if self_play:
         warnings.append("self-play: the simulated client is the model under test (give a different client model or endpoint)")

@@ -314,7 +314,7 @@ async def evaluate(spec: EvalSpec, *, backends: dict[str, Backend] | None = None
     return await _evaluate(prepared, backends or {}, reporter, command or sys.argv)
 
 
-def _specs(spec: EvalSpec, backends: dict[str, Backend], session: bool, options: dict | None = None) -> dict:
+def _specs(spec: EvalSpec, backends: dict[str, Backend], session: bool) -> dict:
     from .roles import RoleSpec
 
     specs = {}
@@ -323,25 +323,24 @@ def _specs(spec: EvalSpec, backends: dict[str, Backend], session: bool, options:
         if name in backends:
             specs[name] = RoleSpec(instance=backends[name])
         elif config.given:
-            specs[name] = config.role_spec(options if name == "therapist" else None)
+            specs[name] = config.role_spec()
     if not session:
         specs.pop("client", None)
     return specs
 
 
 async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter: Reporter, command: list[str],
-                    therapist_options: dict | None = None, context: BuildContext | None = None,
-                    out: Path | None = None) -> RunResult:
+                    context: BuildContext | None = None) -> RunResult:
     spec, loaded = prepared.spec, prepared.loaded
     session = loaded.suite.unit == "session"
-    roles = resolve_roles(_specs(spec, instances, session, therapist_options))
+    roles = resolve_roles(_specs(spec, instances, session))
     client_source = (ReplayClient(Path(spec.replay_client)) if spec.replay_client
                      else ScriptedClient(Path(spec.scripted_client), list({c.persona.id: c.persona for c in prepared.cases}.values()))
                      if spec.scripted_client else None)
     plan = ScoringPlan.of(loaded, prepared.settings, simulated_client=not isinstance(client_source, ScriptedClient),
                           options={"emotion_model": spec.emotion_model, "emotion_labels": spec.emotion_labels,
                                    "reward_endpoint": spec.reward_endpoint})
-    staging = Path(out or spec.out or Path("results") / ".starting")
+    staging = Path(spec.out or Path("results") / ".starting")
     owned_context = context is None
     context = context or BuildContext(log_dir=staging, max_model_len=spec.max_model_len, vllm_args=list(spec.vllm_args),
                                       trust_remote_code=spec.trust_remote_code, reasoning_parser=spec.reasoning_parser)
@@ -354,9 +353,8 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
         for role in roles.values():
             if role.kind in ("openai", "mock") or role.spec.instance is not None:
                 await backends.bind(role)
-        self_play, self_judged, role_warnings = self_play_warnings(roles, has_client=session and client_source is None)
-        if not plan.uses_judge:  # reference metrics only: nobody judges
-            self_judged, role_warnings = False, [w for w in role_warnings if not w.startswith("self-judged")]
+        self_play, self_judged, role_warnings = self_play_warnings(roles, has_client=session and client_source is None,
+                                                                   has_judge=plan.uses_judge)
         client_mode = client_source.mode if client_source else "simulated"
         config = _config(loaded, roles, prepared.turns, prepared.sampling, prepared.settings, plan, client_mode, spec.seed)
         if spec.emotion_model is not None:
@@ -368,7 +366,7 @@ async def _evaluate(prepared: _Prepared, instances: dict[str, Backend], reporter
             config.emotion_model, config.emotion_labels = hash_model_dir(emotion_dir), dict(spec.emotion_labels)
         therapist = roles["therapist"]
         model_name = therapist.spec.model or (therapist.backend.info.model if therapist.backend else None)
-        directory = Path(out or spec.out or default_run_dir(loaded.suite.id, model_name, config))
+        directory = Path(spec.out or default_run_dir(loaded.suite.id, model_name, config))
         validation = _judge_validation(Path(spec.judge_validation), config.roles["judge"]) if spec.judge_validation else None
         store = RunDir(directory)
         previous = store.prepare(config, resume=spec.resume)

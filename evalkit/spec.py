@@ -39,11 +39,11 @@ class RoleConfig(BaseModel):
     def given(self) -> bool:
         return self.model is not None or bool(self.endpoint)
 
-    def role_spec(self, options: dict | None = None) -> RoleSpec:
+    def role_spec(self) -> RoleSpec:
         timeouts = Timeouts(connect=self.timeout_connect, first_byte=self.timeout_first_byte, total=self.timeout_total,
                             deadline=max(self.timeout_deadline, self.timeout_total))
         return RoleSpec(model=self.model, endpoint=tuple(self.endpoint), api_key_env=self.api_key_env, backend=self.backend,
-                        timeouts=timeouts, options=options or {})
+                        timeouts=timeouts)
 
 
 class EvalSpec(BaseModel):
