@@ -122,10 +122,12 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
          min_shared: float = 1.0, include_flagged: bool = False, out: str | Path | None = None,
          require_validated_judge: bool = False) -> tuple[GateReport, Path]:
     """Decide, write gate.json / gate-junit.xml / gate.md / gate-report.html, and return the report and where it is."""
-    for name, value, low, high in (("alpha", alpha, 0, 0.5), ("power", power, 0, 1), ("max_invalid_rate", max_invalid_rate, -1e-12, 1 + 1e-12),
-                                   ("min_shared", min_shared, -1e-12, 1 + 1e-12)):
-        if value is not None and not low < value < high:
-            raise ConfigError(f"{name} {value}: expected a value in ({low:g}, {high:g})".replace("(-1e-12", "[0").replace("1 + 1e-12", "1]"))
+    for name, value, high in (("alpha", alpha, 0.5), ("power", power, 1)):
+        if value is not None and not 0 < value < high:
+            raise ConfigError(f"{name} {value}: expected a value in (0, {high:g})")
+    for name, value in (("max_invalid_rate", max_invalid_rate), ("min_shared", min_shared)):
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{name} {value}: expected a value in [0, 1]")
     if margin is not None and not margin > 0:
         raise ConfigError(f"margin {margin}: expected a positive number")
     base, cand = load_run(baseline, name="baseline"), load_run(candidate, name="candidate")
@@ -173,12 +175,12 @@ async def gate_async(baseline: str | Path, candidate: str | Path, **kwargs) -> t
 
 
 def _metric_verdict(metric: str, table, margin: float, settings: GateSettings, better: str) -> MetricVerdict:
-    wide = table[table["metric"] == metric].pivot_table(index="session", columns="condition", values="value", aggfunc="first",
-                                                        dropna=False)
+    rows = table[table["metric"] == metric]
+    wide = rows.pivot_table(index="session", columns="condition", values="value", aggfunc="first", dropna=False)
     wide = wide.reindex(columns=["baseline", "candidate"])
-    base_sessions = wide.index[wide.index.isin(table.loc[(table["metric"] == metric) & (table["condition"] == "baseline"), "session"])]
-    both = wide.loc[base_sessions]
-    shared = both["candidate"].notna() | both.index.isin(table.loc[(table["metric"] == metric) & (table["condition"] == "candidate"), "session"])
+    both = wide.loc[wide.index.isin(rows.loc[rows["condition"] == "baseline", "session"])]  # the baseline's sessions
+    base_sessions = both.index
+    shared = both.index.isin(rows.loc[rows["condition"] == "candidate", "session"])  # ... that the candidate holds too
     if len(base_sessions) == 0:
         return MetricVerdict(metric=metric, verdict="undecided", reason="the baseline has no session for this metric", margin=margin)
     share = float(shared.mean())
