@@ -18,15 +18,17 @@ import statsmodels
 from scipy import optimize, stats
 from statsmodels.regression.mixed_linear_model import MixedLM
 
-from evalkit.statistics.mixed import build_model, fit_mixed_model, lme4_covariance, reml_fit
+from evalkit.statistics.mixed import build_model, design, fit_mixed_model, lme4_covariance
 from evalkit.statistics.noninferiority import decide, persona_of, plan, plan_from_differences, sessions_needed
 from evalkit.statistics.nonparametric import cohens_d, friedman, kruskal_wallis, rank_biserial, rating_counts_chi2
+from evalkit.statistics.reml import ProfiledReml, reml_fit
 from evalkit.statistics.winrate import (
     bradley_terry,
     bradley_terry_bootstrap,
     head_to_head,
     length_controlled_win_rate,
     pairwise_outcomes,
+    strongly_connected,
     win_summary,
 )
 
@@ -191,6 +193,25 @@ def test_reml_and_covariance_match_lme4_reference(dataset):
     assert lme4_covariance(result) == pytest.approx(getattr(lme4, f"vcov_reml_drf_{dataset}"), rel=1e-5)
 
 
+@pytest.mark.parametrize("dataset", [0, 1, 2, 3, 4, 5])
+def test_profiled_reml_deviance_reproduces_lme4_loglik_at_lme4_estimates(dataset):
+    """The fast deviance that locates the optimum, evaluated at lmer's own estimates (theta = Cholesky factor of
+    cov_re / scale), gives lmer's -2 x REML logLik."""
+    from statsmodels.regression.tests.results import lme_r_results as lme4
+
+    data = pd.read_csv(LME4_RESULTS / f"lme{dataset:02d}.csv")
+    fe = [c for c in data if c.startswith("exog_fe")]
+    re = [c for c in data if c.startswith("exog_re")]
+    model = MixedLM(data["endog"].to_numpy(), data[fe].to_numpy(), groups=data["groups"].to_numpy(), exog_re=data[re].to_numpy())
+    cov_re = np.atleast_2d(getattr(lme4, f"cov_re_reml_drf_{dataset}")) / getattr(lme4, f"scale_reml_drf_{dataset}")[0]
+    theta = np.linalg.cholesky(cov_re)[np.tril_indices(len(cov_re))]
+    lme4_loglik = getattr(lme4, f"loglike_reml_drf_{dataset}")[0]
+    assert -ProfiledReml(model).deviance(theta) / 2 == pytest.approx(lme4_loglik, abs=1e-3)
+    # Its optimum is at least as high as lmer's (the reference values are rounded to 4 decimals).
+    optimum = ProfiledReml(model).optimum()
+    assert -ProfiledReml(model).deviance(optimum) / 2 >= lme4_loglik - 1e-4
+
+
 def test_pastes_variance_components_match_lme4_and_nested_anova():
     """lme4's Pastes data: strength ~ 1 + (1|batch) + (1|batch:cask), the structure of (1|persona) + (1|persona:condition).
     lmer (REML): intercept 60.0533, SE 0.6769, batch 1.657, cask in batch 8.434, residual 0.678; the design is
@@ -226,6 +247,21 @@ def test_unbalanced_fit_reaches_the_optimum_and_says_how():
     hessian = fit_mixed_model(data, CONDITIONS, covariance="statsmodels")
     assert hessian.covariance == "statsmodels" and "Hessian" in hessian.method
     assert hessian.reml_loglik == pytest.approx(fit.reml_loglik, abs=1e-9)
+
+
+def test_located_optimum_is_never_below_statsmodels_own_optimisers():
+    """On 16 unbalanced data sets, half with no persona x condition variance (optimum often on the boundary), the
+    fit located on the profiled deviance reaches at least the best REML log-likelihood of statsmodels' five
+    optimisers and start values (to 1e-6, the cost of stopping a boundary component at sqrt 1e-4)."""
+    for seed in range(16):
+        data = balanced_data(personas=6 + seed % 5, replicates=2 + seed % 2, seed=100 + seed, interaction_sd=0.3 * (seed % 2))
+        data = data.drop(index=data.sample(frac=0.15, random_state=seed).index)
+        codes = pd.Categorical(data["condition"], categories=CONDITIONS).codes.astype(int)
+        model = build_model(data["value"].to_numpy(float), design(data, CONDITIONS), data["persona"].to_numpy(), codes, 3, True)
+        located, name, _, _, converged = reml_fit(model)
+        alone = reml_fit(model, locate=False)[0]
+        assert converged and name.startswith("profiled")
+        assert located.llf >= alone.llf - 1e-6, seed
 
 
 def test_nonparametric_results_say_why_they_are_absent():
@@ -382,6 +418,18 @@ def test_bradley_terry_bootstrap_counts_separation_and_stays_finite():
     assert all(math.isfinite(v) for s in result.strengths.values() for v in (s.strength, s.ci_low, s.ci_high))
     assert top.ci_low < top.strength < top.ci_high
     assert "N(0, 2^2)" in result.method and result.prior_sd == 2.0
+
+
+def test_separation_check_of_a_stack_matches_scipy_one_matrix_at_a_time():
+    """Ford's condition for 2,000 random sparse win matrices at once equals scipy's strong-components count, taken
+    one matrix at a time; about 1 in 10 of these is connected, so both answers occur often."""
+    from scipy.sparse.csgraph import connected_components
+
+    stack = np.random.default_rng(0).poisson(0.4, size=(2000, 4, 4)) * (1 - np.eye(4))
+    one_at_a_time = [connected_components(w > 0, directed=True, connection="strong", return_labels=False) == 1 for w in stack]
+    assert 100 < sum(one_at_a_time) < 1900
+    assert strongly_connected(stack).tolist() == one_at_a_time
+    assert strongly_connected(stack[0]) is bool(one_at_a_time[0])
 
 
 def test_gate_decision_is_a_t_test_over_persona_means():

@@ -22,7 +22,6 @@ it and F on containment df ~5%).
 from __future__ import annotations
 
 import itertools
-import warnings
 from typing import Literal
 
 import numpy as np
@@ -31,14 +30,8 @@ from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 from statsmodels.stats.multitest import multipletests
 
+from .reml import reml_fit
 from .results import Contrast, Emm, MixedModelResult
-
-# Optimisers tried, as (name, statsmodels method, start values). The first two (BFGS from two starts) always run;
-# the rest only when those two disagree or stop short, and then the best REML log-likelihood is polished by BFGS.
-_FIRST = [("bfgs", "bfgs", "default"), ("bfgs/small-start", "bfgs", "small")]
-_MORE = [("lbfgs/large-start", "lbfgs", "large"), ("nelder-mead", "nm", "default"), ("powell/large-start", "powell", "large")]
-_AGREE = 1e-7  # REML log-likelihoods this close are the same optimum
-_GRADIENT_TOL = 1e-4  # largest |d REML / d parameter| accepted as an optimum (parameters on the sqrt scale)
 
 
 def design(data: pd.DataFrame, conditions: list[str]) -> np.ndarray:
@@ -59,75 +52,6 @@ def build_model(y: np.ndarray, x: np.ndarray, personas: np.ndarray, codes: np.nd
     mats = [np.eye(k)[codes[personas == g]] for g in labels]
     spec = VCSpec(["persona:condition"], [[[f"c{j}" for j in range(k)] for _ in labels]], [mats])
     return MixedLM(y, x, groups=personas, exog_re=np.ones((len(y), 1)), exog_vc=spec)
-
-
-def _start(model: MixedLM, kind: str) -> np.ndarray | None:
-    """Packed (profiled, square-root scale) start values: statsmodels' default, or all components small/large."""
-    if kind == "default":
-        return None
-    value = {"small": 0.1, "large": 3.0}[kind]
-    return np.full(model.k_re2 + model.k_vc, np.sqrt(value))
-
-
-def _fit_once(model: MixedLM, method: str, start) -> tuple[object | None, list[str]]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = model.fit(reml=True, method=[method], start_params=start, gtol=1e-10) if method in ("bfgs", "lbfgs") \
-                else model.fit(reml=True, method=[method], start_params=start)
-        except (np.linalg.LinAlgError, ValueError, ArithmeticError):
-            return None, []
-    notes = sorted({str(w.message).splitlines()[0] for w in caught})
-    return (result if np.isfinite(result.llf) else None), notes
-
-
-def _gradient(model: MixedLM, result) -> float:
-    """Largest absolute REML score at the fit (profiled, square-root-scale parameters, as the optimisers see them).
-
-    A component at the boundary (square root below 1e-3: variance under 1e-6 of the residual's) counts as optimal
-    when the score points back towards 0 (the Karush-Kuhn-Tucker condition for a maximum on s >= 0):
-    statsmodels cannot evaluate a variance of exactly 0, so optimisers stop a little short of it."""
-    packed = result.params_object.get_packed(use_sqrt=model.use_sqrt, has_fe=False)
-    if not len(packed):
-        return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        score = np.asarray(model.score(packed, profile_fe=True), float)
-    at_boundary = (np.abs(packed) < 1e-3) & (score * np.sign(packed) <= 0)
-    score[at_boundary] = 0.0
-    return float(np.max(np.abs(score)))
-
-
-def reml_fit(model: MixedLM) -> tuple[object, str, dict[str, float | None], list[str], bool]:
-    """The REML optimum: several optimisers and start values, the highest log-likelihood kept.
-
-    Returns (result, optimiser, {optimiser: llf}, warnings of the kept fit, converged), where converged
-    means the kept fit's REML gradient is below tolerance, checked here rather than taken from the optimiser.
-    """
-    fits: dict[str, tuple[object | None, list[str]]] = {}
-    for name, method, start in _FIRST:
-        fits[name] = _fit_once(model, method, _start(model, start))
-    good = [f for f, _ in fits.values() if f is not None]
-    agree = len(good) == 2 and abs(good[0].llf - good[1].llf) < _AGREE and all(_gradient(model, f) < _GRADIENT_TOL for f in good)
-    if not agree:
-        for name, method, start in _MORE:
-            fits[name] = _fit_once(model, method, _start(model, start))
-        best_name = max((n for n, (f, _) in fits.items() if f is not None), key=lambda n: fits[n][0].llf, default=None)
-        if best_name is None:
-            raise ArithmeticError("no optimiser could fit the mixed model")
-        # Polish the best point with a tight BFGS from there.
-        packed = fits[best_name][0].params_object.get_packed(use_sqrt=model.use_sqrt, has_fe=False)
-        polished = _fit_once(model, "bfgs", packed)
-        if polished[0] is not None:
-            fits[f"{best_name}+bfgs"] = polished
-    best_name = max((n for n, (f, _) in fits.items() if f is not None), key=lambda n: fits[n][0].llf)
-    tried = {n: (float(f.llf) if f is not None else None) for n, (f, _) in fits.items()}
-    best, notes = fits[best_name]
-    converged = _gradient(model, best) < _GRADIENT_TOL
-    # statsmodels' own convergence/boundary notes describe the attempt, not the optimum we report: keep them only
-    # when the kept fit is not at an optimum.
-    kept = [] if converged else notes
-    return best, best_name, tried, kept, converged
 
 
 def lme4_covariance(result) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import optimize, stats
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from statsmodels.stats.proportion import proportion_confint
 
@@ -107,9 +108,18 @@ def win_matrix(winners: np.ndarray, losers: np.ndarray, k: int) -> np.ndarray:
     return w
 
 
-def strongly_connected(w: np.ndarray) -> bool:
-    """Ford's condition: the plain MLE exists iff every split of the models has a win each way across it."""
-    return connected_components(w > 0, directed=True, connection="strong", return_labels=False) == 1
+def strongly_connected(w: np.ndarray) -> np.ndarray:
+    """Ford's condition, for one win matrix (k, k) or a stack (..., k, k): the plain MLE exists iff every split of
+    the models has a win each way across it. A stack is one graph of disjoint copies, so scipy labels it in one call."""
+    w = np.asarray(w)
+    k = w.shape[-1]
+    stack = w.reshape(-1, k, k) > 0
+    copy, i, j = np.nonzero(stack)
+    graph = coo_matrix((np.ones(len(copy)), (copy * k + i, copy * k + j)), shape=(len(stack) * k,) * 2)
+    labels = connected_components(graph, directed=True, connection="strong")[1].reshape(len(stack), k)
+    labels.sort(axis=1)
+    one_component = (np.diff(labels, axis=1) == 0).all(axis=1)
+    return one_component.reshape(w.shape[:-2]) if w.ndim > 2 else bool(one_component[0])
 
 
 def _neg_log_posterior(theta: np.ndarray, w: np.ndarray, precision: float):
@@ -249,7 +259,7 @@ def bradley_terry_bootstrap(outcomes: pd.DataFrame, models: list[str], *, groups
     draws = np.full((rounds, k), np.nan)
     draws[played] = _fit_many(draws_w[played], prior_sd, start)
     usable = int(played.sum())
-    separated = sum(not strongly_connected(w) for w in draws_w[played])
+    separated = int((~strongly_connected(draws_w[played])).sum())
     wins, losses = draws_w.sum(axis=2), draws_w.sum(axis=1)
     in_play = (wins + losses) > 0
     never_lost = (in_play & (losses == 0)).sum(axis=0)
