@@ -120,11 +120,15 @@ class ProfiledReml:
         diagonal[:len(self.lower[0])] = self.lower[0] == self.lower[1]
         diagonal[len(self.lower[0]):] = True
 
+        def theta(phi: np.ndarray) -> np.ndarray:
+            return np.where(diagonal, np.sqrt(np.maximum(phi, 0.0)), phi)
+
         def deviance(phi: np.ndarray) -> float:
-            return self.deviance(np.where(diagonal, np.sqrt(np.maximum(phi, 0.0)), phi))
+            return self.deviance(theta(phi))
 
         grid = []
-        for ratios in itertools.product(_GRID, repeat=int(diagonal.sum())):
+        levels = _GRID if diagonal.sum() <= 3 else _GRID[1::2]  # keep the grid small for many components
+        for ratios in itertools.product(levels, repeat=int(diagonal.sum())):
             phi = np.zeros(self.n_theta)
             phi[diagonal] = ratios
             grid.append((deviance(phi), tuple(phi)))
@@ -135,7 +139,7 @@ class ProfiledReml:
                                 bounds=[(0.0, None) if d else (None, None) for d in diagonal],
                                 options={"ftol": 1e-15, "gtol": 1e-10})
         phi = fit.x if np.isfinite(fit.fun) and fit.fun <= value else np.array(start)
-        return np.where(diagonal, np.maximum(np.sqrt(np.maximum(phi, 0.0)), _BOUNDARY), phi)
+        return np.where(diagonal, np.maximum(theta(phi), _BOUNDARY), phi)
 
 
 def _start(model: MixedLM, kind: str) -> np.ndarray | None:
