@@ -48,7 +48,7 @@ def run_tables(directory: str | Path) -> RunTables:
                  "archetype": getattr(source, "archetype", None), "risk_type": getattr(source, "risk_type", None),
                  "replicate": transcript.replicate}
         own = latest.get(transcript.session_id, [])
-        flagged = bool(threshold is not None and adherence_scorer.session_adherence(own, threshold).flagged)
+        flagged = adherence_scorer.flagged(own, threshold)
         shown = surfaced(own)
         wide = {}
         for row in own:

@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from .errors import ConfigError, EvalkitError, RunDirectoryConflict, StorageError
 from .fileio import append_lines, ensure_directory, iter_jsonl, overwrite_in_place, read_model, repair_tail, write_atomic
@@ -35,6 +35,19 @@ def _ours(path: Path) -> bool:
     if path.name == INPUTS and path.is_dir():
         return all(p.name in _INPUT_FILES or p.name.startswith(".") for p in path.iterdir())
     return path.name.startswith(_OURS)
+
+
+class ScoreFields(Protocol):
+    """What summaries and checks read from a score row; both ScoreValue and the stored ItemScore have it."""
+
+    @property
+    def rubric(self) -> str: ...
+    @property
+    def item(self) -> str: ...
+    @property
+    def valid(self) -> bool: ...
+    @property
+    def expected(self) -> float | None: ...
 
 
 class ScoreValue(NamedTuple):

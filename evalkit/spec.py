@@ -35,6 +35,13 @@ class RoleConfig(BaseModel):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else (value or [])
 
+    @model_validator(mode="after")
+    def _key_needs_endpoint(self) -> RoleConfig:
+        if self.api_key_env and not self.endpoint:
+            raise ValueError(f"api_key_env: {self.api_key_env} would never be sent (a key goes to an endpoint; this role "
+                             f"has none, so it is served here by the {self.backend} backend)")
+        return self
+
     @property
     def given(self) -> bool:
         return self.model is not None or bool(self.endpoint)

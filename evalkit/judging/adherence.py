@@ -14,8 +14,8 @@ number, never repeated outside the fenced transcript, so a client turn cannot in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
-from typing import NamedTuple
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..backends.replicas import routing_key
 from ..personas import Persona
@@ -24,6 +24,9 @@ from ..simulation.client import client_behaviour, counsellor_lines
 from .judge import Judge
 from .prompts import data_rules, render_transcript
 from .scorer import Source, score_row
+
+if TYPE_CHECKING:
+    from ..rundir import ScoreFields
 
 ID, VERSION = "persona-adherence", "2"
 TURN_CHECKS = {
@@ -125,9 +128,14 @@ class SessionAdherence(NamedTuple):
     invalid: int
 
 
-def session_adherence(rows: list, threshold: float) -> SessionAdherence:
+def session_adherence(rows: Sequence[ScoreFields], threshold: float) -> SessionAdherence:
     """A session's adherence rate from its rows (the probability of passing is the expected value of 0/1)."""
     values = [r.expected for r in rows if r.rubric == ID and r.valid and r.expected is not None]
     rate = sum(values) / len(values) if values else None
     return SessionAdherence(rate=rate, flagged=rate is not None and rate < threshold,
                                 invalid=sum(not r.valid for r in rows if r.rubric == ID))
+
+
+def flagged(rows: Sequence[ScoreFields], threshold: float | None) -> bool:
+    """Whether a session's simulated client fell below the adherence threshold (never, without a threshold)."""
+    return threshold is not None and session_adherence(rows, threshold).flagged

@@ -56,8 +56,7 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
                          "item": row.item, "value": row.expected if row.valid else None, "rating": rating, "valid": row.valid})
     scores = pd.DataFrame(rows, columns=["session_id", "source_id", "rubric", "item", "value", "rating", "valid"])
     threshold = manifest.config.adherence_threshold
-    flagged = frozenset(sid for sid, rows_ in latest.items()
-                        if threshold is not None and adherence_scorer.session_adherence(rows_, threshold).flagged)
+    flagged = frozenset(sid for sid, rows_ in latest.items() if adherence_scorer.flagged(rows_, threshold))
     if store.path("summary.json").exists():
         store.summary()  # a damaged summary (read later by the report) stops the command before it writes anything
     return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest, suite=loaded,
