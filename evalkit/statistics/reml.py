@@ -5,8 +5,9 @@ units on 7 of 8 metrics of one synthetic comparison), and each of its likelihood
 in Python (~1 ms). So the optimum is located first on the profiled REML deviance written in lme4's form
 (Bates et al. 2015, J Stat Softw 67(1), eqs. 34-42), where one evaluation is a q x q Cholesky on cross-products
 computed once; statsmodels then fits from that point, so the reported fit, its log-likelihood and covariance are
-statsmodels' own. The optimum is checked by the REML score (gradient) at the fit; only when that check fails are
-statsmodels' optimisers run from several start values and the best kept.
+statsmodels' own. The optimum is checked by the REML score (gradient) at the fit; when that check fails, BFGS
+polishes from that point, and if it still fails, statsmodels' optimisers run from several start values and the
+best is kept.
 
 The deviance's parameters are statsmodels' packed square-root parameters, which are lme4's theta: the lower
 triangle of the Cholesky factor of cov_re / scale, then sqrt(vcomp / scale).
@@ -24,7 +25,7 @@ from statsmodels.regression.mixed_linear_model import MixedLM
 
 _GRADIENT_TOL = 1e-4  # largest |d REML / d parameter| accepted as an optimum (parameters on the sqrt scale)
 _GRID = (0.0, 0.03, 0.3, 3.0, 30.0)  # variance ratios (component / residual) searched before refining
-_BOUNDARY = 1e-4  # statsmodels cannot evaluate a variance of exactly 0: a zero start becomes this square root
+_BOUNDARY = 1e-4  # statsmodels cannot evaluate a variance of exactly 0: a component at 0 is handed over at this square root
 
 # statsmodels' optimisers, tried only when the profiled optimum fails the gradient check:
 # (name, statsmodels method, start values); the best is then polished by BFGS.
@@ -91,7 +92,7 @@ class ProfiledReml:
         return lam
 
     def deviance(self, theta: np.ndarray) -> float:
-        lam = self.factor(np.asarray(theta, float))
+        lam = self.factor(theta)
         try:
             chol = np.linalg.cholesky(lam.T @ self.ztz @ lam + np.eye(self.q))
             wx = linalg.solve_triangular(chol, lam.T @ self.ztx, lower=True)
