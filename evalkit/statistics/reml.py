@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from scipy import linalg, optimize
 from statsmodels.regression.mixed_linear_model import MixedLM
+from threadpoolctl import threadpool_limits
 
 _GRADIENT_TOL = 1e-4  # largest |d REML / d parameter| accepted as an optimum (parameters on the sqrt scale)
 _GRID = (0.0, 0.03, 0.3, 3.0, 30.0)  # variance ratios (component / residual) searched before refining
@@ -186,7 +187,14 @@ def reml_fit(model: MixedLM, locate: bool = True) -> tuple[object, str, dict[str
     converged means the kept fit's REML gradient is below tolerance, checked here rather than taken from the optimiser.
 
     locate=False skips the profiled search and runs statsmodels' optimisers only (slower; kept for cross-checks).
+    BLAS runs on one thread here: the matrices are small, and with another process busy on the machine (a vLLM
+    server, a second test worker) threaded BLAS made these fits 2.3x slower, where one thread lost nothing.
     """
+    with threadpool_limits(1, user_api="blas"):
+        return _reml_fit(model, locate)
+
+
+def _reml_fit(model: MixedLM, locate: bool) -> tuple[object, str, dict[str, float | None], list[str], bool]:
     fits: dict[str, tuple[object | None, list[str]]] = {}
     optimum = None
     if locate:
