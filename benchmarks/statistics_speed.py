@@ -11,6 +11,8 @@ on the rubric's items (act-fm: 25 items and 11 composites = 36 metrics). No serv
 2. Bradley-Terry bootstrap of the first --bt-metrics metrics: all resamples fitted at once from per-session win matrices, against
    refitting each resample from a rebuilt outcome table (pd.concat of the drawn sessions, as before).
 3. `compare` end to end (fits, tests, bootstrap, tables, HTML report).
+4. One REML fit of a large design (100 personas x 5 conditions x 3 replicates, simulated), both ways as in 1:
+   the located fit's cost grows with the number of personas, not with its cube.
 Timed sides alternate; each figure is the median of --repeats.
 """
 
@@ -108,9 +110,27 @@ def main() -> None:
     print(f"2. Bradley-Terry bootstrap, {len(outcome_sets)} metrics x {args.rounds} resamples: stacked {a:.2f} s, "
           f"rebuilt per resample {b:.2f} s, ratio {a / b:.3f}")
 
+    rng = np.random.default_rng(1)
+    personas, k, replicates = 100, 5, 3
+    cells = rng.normal(0, 0.5, (personas, 1)) + rng.normal(0, 0.3, (personas, k))
+    values = (cells[:, :, None] + rng.normal(0, 0.3, (personas, k, replicates))).ravel()
+    codes = np.repeat(np.tile(np.arange(k), personas), replicates)
+    labels = np.repeat([f"p{i:03d}" for i in range(personas)], k * replicates)
+    big = pd.DataFrame({"condition": np.array([f"c{j}" for j in range(k)])[codes], "persona": labels, "value": values})
+    model = build_model(values, design(big, [f"c{j}" for j in range(k)]), labels, codes, k, True)
+    located, alone = [], []
+    for _ in range(args.repeats):
+        located.append(timed(lambda: reml_fit(model)))
+        alone.append(timed(lambda: reml_fit(model, locate=False)))
+    gap = reml_fit(model)[0].llf - reml_fit(model, locate=False)[0].llf
+    large = (f"4. one REML fit, {personas} personas x {k} conditions x {replicates} replicates: located "
+             f"{statistics.median(located):.3f} s, statsmodels optimisers alone {statistics.median(alone):.3f} s, "
+             f"ratio {statistics.median(located) / statistics.median(alone):.3f}; log-likelihood gap {gap:+.1e}")
+
     whole = [timed(lambda i=i: compare(paths[:3], baseline=paths[3], bootstrap_rounds=args.rounds, out=tmp / f"cmp{i}"))
              for i in range(args.repeats)]
     print(f"3. compare end to end (bootstrap {args.rounds}): {statistics.median(whole):.2f} s")
+    print(large)
 
 
 if __name__ == "__main__":

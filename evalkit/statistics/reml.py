@@ -39,76 +39,81 @@ class ProfiledReml:
 
     With Lambda(theta) the relative covariance factor, A = Lambda'Z'Z Lambda + I and V = I + Z Lambda Lambda' Z':
         deviance = log|A| + log|X'V^-1X| + (n-p) [log r'V^-1r + log(2 pi) - log(n-p) + 1]
-    (the same constants as lme4's logLik(REML = TRUE) and statsmodels' REML llf).
+    (the same constants as lme4's logLik(REML = TRUE) and statsmodels' REML llf). Random effects of different
+    groups never share a row, so A is block-diagonal, one block per group: the blocks are held as one stacked
+    array (narrower groups padded with zero columns, which add identity to A and nothing to the deviance), and an
+    evaluation costs groups x (block width)^3, linear in the number of personas.
     """
 
     def __init__(self, model: MixedLM):
-        labels = model.group_labels
-        ys = [model.endog_li[g] for g in range(len(labels))]
-        xs = [model.exog_li[g] for g in range(len(labels))]
-        rows = np.cumsum([0] + [len(y) for y in ys])
-        self.k_re, self.k_vc = model.k_re, model.k_vc
-        blocks: list[np.ndarray] = []  # columns of Z: each group's random-effect columns, then each component's
-        scale_of: list[int] = []  # -1 for random-effect columns (handled by the k_re x k_re factor), else component j
-        n = rows[-1]
-        if self.k_re:
-            re = np.zeros((n, len(labels) * self.k_re))
-            for g in range(len(labels)):
-                re[rows[g]:rows[g + 1], g * self.k_re:(g + 1) * self.k_re] = model.exog_re_li[g]
-            blocks.append(re)
-            scale_of += [-1] * re.shape[1]
-        for j in range(self.k_vc):
-            mats = [np.atleast_2d(model.exog_vc.mats[j][g]) for g in range(len(labels))]
-            vc = np.zeros((n, sum(m.shape[1] for m in mats)))
-            col = 0
-            for g, m in enumerate(mats):
-                vc[rows[g]:rows[g + 1], col:col + m.shape[1]] = m
-                col += m.shape[1]
-            blocks.append(vc)
-            scale_of += [j] * vc.shape[1]
-        z = np.hstack(blocks) if blocks else np.zeros((n, 0))
-        y, x = np.concatenate(ys), np.vstack(xs)
+        groups = range(len(model.group_labels))
+        x = np.vstack([model.exog_li[g] for g in groups])
+        y = np.concatenate([model.endog_li[g] for g in groups])
         # The deviance does not change when y moves by any X b; taking the OLS residual keeps r'V^-1r from being a
         # small difference of large numbers (scores near 60 lost ~4 digits there, enough to stall the search).
         y = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
-        self.n, self.p, self.q = n, x.shape[1], z.shape[1]
-        self.groups = len(labels)
-        self.ztz, self.ztx, self.zty = z.T @ z, z.T @ x, z.T @ y
-        self.xtx, self.xty, self.yty = x.T @ x, x.T @ y, float(y @ y)
-        self.vc_columns = np.array(scale_of)
+        rows = np.cumsum([0] + [len(model.endog_li[g]) for g in groups])
+        self.k_re, self.k_vc = model.k_re, model.k_vc
+        # Per group: Z's columns (its random effects, then each variance component's) and what scales each column:
+        # -1 the k_re x k_re factor, j >= 0 component j, -2 padding.
+        zs, kinds = [], []
+        for g in groups:
+            parts = [np.asarray(model.exog_re_li[g], float)]
+            kind = [-1] * self.k_re
+            for j in range(self.k_vc):
+                mat = np.asarray(model.exog_vc.mats[j][g], float)
+                parts.append(mat)
+                kind += [j] * mat.shape[1]
+            zs.append(np.hstack(parts))
+            kinds.append(kind)
+        width = max(z.shape[1] for z in zs)
+        self.n, self.p, self.groups, self.width = len(y), x.shape[1], len(zs), width
+        self.ztz = np.zeros((self.groups, width, width))
+        self.ztxy = np.zeros((self.groups, width, self.p + 1))  # Z'[X y] per group
+        self.kind = np.full((self.groups, width), -2)
+        for g, z in enumerate(zs):
+            w, own = z.shape[1], slice(rows[g], rows[g + 1])
+            self.ztz[g, :w, :w] = z.T @ z
+            self.ztxy[g, :w] = z.T @ np.column_stack([x[own], y[own]])
+            self.kind[g, :w] = kinds[g]
+        xy = np.column_stack([x, y])
+        self.xy_xy = xy.T @ xy
         self.lower = np.tril_indices(self.k_re)
         self.n_theta = len(self.lower[0]) + self.k_vc
 
     def factor(self, theta: np.ndarray) -> np.ndarray:
-        """Lambda(theta): block-diagonal, the k_re x k_re factor for each group, then one scale per component."""
+        """Lambda(theta) as stacked per-group blocks: the k_re x k_re factor, then one scale per component's column."""
         theta = np.asarray(theta, float)
-        scales = np.zeros(self.q)
-        vc = self.vc_columns >= 0
-        scales[vc] = theta[len(self.lower[0]) + self.vc_columns[vc]]
-        lam = np.diag(scales)
+        component = self.kind >= 0
+        scales = np.zeros(self.kind.shape)
+        scales[component] = theta[len(self.lower[0]) + self.kind[component]]
+        lam = np.zeros((self.groups, self.width, self.width))
+        lam[:, np.arange(self.width), np.arange(self.width)] = scales
         if self.k_re:
             t = np.zeros((self.k_re, self.k_re))
             t[self.lower] = theta[:len(self.lower[0])]
-            lam[:self.groups * self.k_re, :self.groups * self.k_re] = np.kron(np.eye(self.groups), t)
+            lam[:, :self.k_re, :self.k_re] = t
         return lam
 
     def deviance(self, theta: np.ndarray) -> float:
         lam = self.factor(theta)
+        lam_t = lam.transpose(0, 2, 1)
+        a = lam_t @ self.ztz @ lam + np.eye(self.width)
+        b = lam_t @ self.ztxy  # Lambda'Z'[X y] per group
         try:
-            chol = np.linalg.cholesky(lam.T @ self.ztz @ lam + np.eye(self.q))
-            wx = linalg.solve_triangular(chol, lam.T @ self.ztx, lower=True)
-            wy = linalg.solve_triangular(chol, lam.T @ self.zty, lower=True)
-            xvx = self.xtx - wx.T @ wx
-            xvy = self.xty - wx.T @ wy
-            chol_x = np.linalg.cholesky(xvx)
+            chol = np.linalg.cholesky(a)
+            # [X y]'V^-1[X y] = [X y]'[X y] - sum over groups of b' A^-1 b (Woodbury)
+            cross = self.xy_xy - np.einsum("gmi,gmj->ij", b, np.linalg.solve(a, b))
+            p = self.p
+            chol_x = np.linalg.cholesky(cross[:p, :p])
         except np.linalg.LinAlgError:
             return np.inf
-        beta = linalg.cho_solve((chol_x, True), xvy)
-        quadratic = self.yty - wy @ wy - xvy @ beta
+        beta = linalg.cho_solve((chol_x, True), cross[:p, p])
+        quadratic = cross[p, p] - cross[:p, p] @ beta
         if not quadratic > 0:
             return np.inf
         d = self.n - self.p
-        return float(2 * np.log(np.diag(chol)).sum() + 2 * np.log(np.diag(chol_x)).sum()
+        return float(2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum() + 2 * np.log(np.diag(chol_x)).sum()
                      + d * (np.log(quadratic) + np.log(2 * np.pi) - np.log(d) + 1))
 
     def optimum(self) -> np.ndarray:
