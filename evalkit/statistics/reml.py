@@ -4,8 +4,8 @@ statsmodels' default BFGS often stops short of the REML optimum on these models 
 units on 7 of 8 metrics of one synthetic comparison), and each of its likelihood evaluations loops over groups
 in Python (~1 ms). So the optimum is located first on the profiled REML deviance written in lme4's form
 (Bates et al. 2015, J Stat Softw 67(1), eqs. 34-42), where one evaluation is a Cholesky of small per-persona
-blocks on cross-products computed once; statsmodels then fits from that point, so the reported fit, its log-likelihood and covariance are
-statsmodels' own. The optimum is checked by the REML score (gradient) at the fit; when that check fails, BFGS
+blocks on cross-products computed once; statsmodels then fits from that point, so the reported fit, its
+log-likelihood and covariance are statsmodels' own. The optimum is checked by the REML score (gradient) at the fit; when that check fails, BFGS
 polishes from that point, and if it still fails, statsmodels' optimisers run from several start values and the
 best is kept.
 
