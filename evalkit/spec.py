@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ._yaml import describe_validation_error, load_yaml_model
 from .backends.base import Timeouts
@@ -35,12 +35,12 @@ class RoleConfig(BaseModel):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else (value or [])
 
-    @model_validator(mode="after")
-    def _key_needs_endpoint(self) -> RoleConfig:
-        if self.api_key_env and not self.endpoint:
-            raise ValueError(f"api_key_env: {self.api_key_env} would never be sent (a key goes to an endpoint; this role "
-                             f"has none, so it is served here by the {self.backend} backend)")
-        return self
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_needs_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not info.data.get("endpoint"):
+            raise ValueError(f"{value} would never be sent (a key goes to an endpoint, and this role has none: it is served here)")
+        return value
 
     @property
     def given(self) -> bool:

@@ -287,7 +287,7 @@ CASES: list[Case] = [
     C("judge-validation-not-json", lambda w: [*MOCK_RUN, "--judge-validation", w.file("v.json", "{"), "--out", w / "new"], "v.json"),
     C("api-key-variable-unset", lambda w: ["run", "--endpoint", "http://127.0.0.1:9", "--api-key-env", "EVALKIT_BAD_INPUT_NO_SUCH_KEY",
                                            "--out", w / "new"], "EVALKIT_BAD_INPUT_NO_SUCH_KEY"),
-    C("api-key-without-endpoint", run_with("--api-key-env", "EVALKIT_BAD_INPUT_KEY"), "api_key_env", "never be sent"),
+    C("api-key-without-endpoint", run_with("--api-key-env", "EVALKIT_BAD_INPUT_KEY"), "--api-key-env", "never be sent"),
     C("vllm-args-unbalanced-quote", run_with("--vllm-args", "--dtype 'float32"), "--vllm-args"),
     C("model-empty-string", lambda w: ["run", "--model", "", "--backend", "mock", *MOCK_ROLES[4:], "--suite", "psychocounsel",
                                        "--sessions", "1", "-q", "--out", w / "new"], "--model"),
