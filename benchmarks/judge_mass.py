@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evalkit.backends.openai_http import OpenAIBackend  # noqa: E402
+from evalkit.backends.openai_http import OpenAIBackend
 
 CHOICES = ["0", "1", "2", "3"]
 
@@ -76,7 +76,7 @@ def main() -> None:
     import tempfile
 
     from evalkit.backends.vllm_server import ManagedVLLMServer
-    from evalkit.tinymodel import build_tiny_model
+    from evalkit.models.tiny import build_tiny_model
 
     model = build_tiny_model()
     with tempfile.TemporaryDirectory() as tmp, ManagedVLLMServer(

@@ -36,16 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _vllm_bench import run_vllm_bench  # noqa: E402
 
-from evalkit.backends.openai_http import OpenAIBackend  # noqa: E402
-from evalkit.backends.vllm_server import ManagedVLLMServer  # noqa: E402
-from evalkit.judging import Judge, JudgeSettings  # noqa: E402
-from evalkit.reporting import Reporter  # noqa: E402
-from evalkit.rundir import RunDir  # noqa: E402
-from evalkit.runner import ScoringPlan, score  # noqa: E402
-from evalkit.simulation.client_modes import SimulatedClient  # noqa: E402
-from evalkit.simulation.engine import SessionEngine, run_bounded  # noqa: E402
-from evalkit.suites import load_suite  # noqa: E402
-from evalkit.tinymodel import build_tiny_model  # noqa: E402
+from evalkit.backends.openai_http import OpenAIBackend
+from evalkit.backends.vllm_server import ManagedVLLMServer
+from evalkit.content.suites import load_suite
+from evalkit.core.concurrency import run_bounded
+from evalkit.core.progress import Reporter
+from evalkit.judging import Judge, JudgeSettings
+from evalkit.models.tiny import build_tiny_model
+from evalkit.pipeline.runner import ScoringPlan, score
+from evalkit.simulation.client_modes import SimulatedClient
+from evalkit.simulation.engine import SessionEngine
+from evalkit.store.rundir import RunDir
 
 SERVER_ARGS = ["--dtype", "float32", "--enforce-eager"]
 CHAT_TEMPLATE_TOKENS = 11  # what the tiny model's chat template adds around one user message

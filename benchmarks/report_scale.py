@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evalkit.personas import load_personas  # noqa: E402
-from evalkit.report import build_report  # noqa: E402
+from evalkit.content.personas import load_personas
+from evalkit.report import build_report
 from tests.synthetic_runs import write_run  # noqa: E402
 
 

@@ -31,12 +31,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evalkit.compare import compare  # noqa: E402
-from evalkit.personas import load_personas  # noqa: E402
-from evalkit.statistics.data import load_run, metric_better, session_table  # noqa: E402
-from evalkit.statistics.mixed import build_model, design  # noqa: E402
-from evalkit.statistics.reml import reml_fit  # noqa: E402
-from evalkit.statistics.winrate import bradley_terry, bradley_terry_bootstrap, pairwise_outcomes  # noqa: E402
+from evalkit.analysis.compare import compare
+from evalkit.analysis.runs import load_run, metric_better, session_table
+from evalkit.content.personas import load_personas
+from evalkit.statistics.mixed import build_model, design
+from evalkit.statistics.reml import reml_fit
+from evalkit.statistics.winrate import bradley_terry, bradley_terry_bootstrap, pairwise_outcomes
 from tests.synthetic_runs import write_run  # noqa: E402
 
 

@@ -8,26 +8,18 @@ use, so neither statsmodels, torch nor vLLM is imported until a stage needs it.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .errors import EvalkitError
-
-try:
-    __version__ = version("evalkit-clinical")
-except PackageNotFoundError:
-    try:
-        __version__ = version("evalkit")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        __version__ = "0.0.0+source"
+from evalkit.core.errors import EvalkitError
+from evalkit.core.version import __version__
 
 _LAZY = {
-    "EvalSpec": "evalkit.spec", "RoleSpec": "evalkit.roles", "RunResult": "evalkit.runner",
-    "run": "evalkit.runner", "run_async": "evalkit.runner", "rescore": "evalkit.runner", "rescore_async": "evalkit.runner",
-    "compare": "evalkit.compare", "compare_async": "evalkit.compare", "gate": "evalkit.gate", "gate_async": "evalkit.gate",
-    "evaluate": "evalkit.runner", "evaluate_many": "evalkit.runner",
-    "load_runs": "evalkit.results", "RunDir": "evalkit.rundir",
-    "load_rubric": "evalkit.rubrics", "load_suite": "evalkit.suites", "available_suites": "evalkit.suites",
+    "EvalSpec": "evalkit.pipeline.spec", "RoleSpec": "evalkit.backends.roles", "RunResult": "evalkit.pipeline.runner",
+    "run": "evalkit.pipeline.runner", "run_async": "evalkit.pipeline.runner", "rescore": "evalkit.pipeline.runner", "rescore_async": "evalkit.pipeline.runner",
+    "compare": "evalkit.analysis.compare", "compare_async": "evalkit.analysis.compare", "gate": "evalkit.analysis.gate", "gate_async": "evalkit.analysis.gate",
+    "evaluate": "evalkit.pipeline.runner", "evaluate_many": "evalkit.pipeline.runner",
+    "load_runs": "evalkit.analysis.tables", "RunDir": "evalkit.store.rundir",
+    "load_rubric": "evalkit.content.rubrics", "load_suite": "evalkit.content.suites", "available_suites": "evalkit.content.suites",
     "register_backend": "evalkit.backends.base", "register_scorer": "evalkit.judging.scorer",
     "MockBackend": "evalkit.backends.mock",
 }
@@ -44,15 +36,15 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     # ruff: noqa: F401 - names for type checkers; at run time they are loaded by __getattr__
-    from .backends.base import register_backend
-    from .backends.mock import MockBackend
-    from .compare import compare, compare_async
-    from .gate import gate, gate_async
-    from .judging.scorer import register_scorer
-    from .results import load_runs
-    from .roles import RoleSpec
-    from .rubrics import load_rubric
-    from .rundir import RunDir
-    from .runner import RunResult, evaluate, evaluate_many, rescore, rescore_async, run, run_async
-    from .spec import EvalSpec
-    from .suites import available_suites, load_suite
+    from evalkit.analysis.compare import compare, compare_async
+    from evalkit.analysis.gate import gate, gate_async
+    from evalkit.analysis.tables import load_runs
+    from evalkit.backends.base import register_backend
+    from evalkit.backends.mock import MockBackend
+    from evalkit.backends.roles import RoleSpec
+    from evalkit.content.rubrics import load_rubric
+    from evalkit.content.suites import available_suites, load_suite
+    from evalkit.judging.scorer import register_scorer
+    from evalkit.pipeline.runner import RunResult, evaluate, evaluate_many, rescore, rescore_async, run, run_async
+    from evalkit.pipeline.spec import EvalSpec
+    from evalkit.store.rundir import RunDir

@@ -45,8 +45,8 @@ class CliResult:
 
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict | None = None) -> CliResult:
     """`evalkit ARGS` in this process, as a user would type it; console and stdout captured."""
-    from evalkit.cli import main
-    from evalkit.console import console
+    from evalkit.cli.app import main
+    from evalkit.core.console import console
 
     err, out = io.StringIO(), io.StringIO()
     saved_target, saved_cwd, saved_env = console.file.target, Path.cwd(), dict(os.environ)
@@ -121,7 +121,7 @@ def mocks():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from evalkit.tinymodel import build_tiny_model
+    from evalkit.models.tiny import build_tiny_model
 
     prebuilt = os.environ.get("EVALKIT_TINY_MODEL")
     return build_tiny_model(Path(prebuilt) if prebuilt else tmp_path_factory.mktemp("tiny-llama"))
@@ -154,7 +154,7 @@ def check_scores(run_dir: Path, rubric_id: str, sessions: int) -> list[dict]:
     mass would mean sampling settings distorted the judge)."""
     from collections import Counter
 
-    from evalkit.rubrics import load_rubric
+    from evalkit.content.rubrics import load_rubric
 
     rubric = load_rubric(rubric_id)
     rows = [r for r in read_jsonl(run_dir / "scores.jsonl") if r["rubric"] == rubric_id]

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from evalkit.content.suites import load_suite
 from evalkit.judging import JudgeSettings
-from evalkit.records import ContentRef, ItemScore, Manifest, RoleRecord, RunConfig, Transcript, Turn
-from evalkit.rundir import RunDir
-from evalkit.runner import ScoringPlan, summarise_run
-from evalkit.suites import load_suite
+from evalkit.pipeline.runner import ScoringPlan, summarise_run
+from evalkit.store.records import ContentRef, ItemScore, Manifest, RoleRecord, RunConfig, Transcript, Turn
+from evalkit.store.rundir import RunDir
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SUITE_OF = {"psychocounsel": "psychocounsel", "tes": "tes", "act-fm": "act-fm", "safety": "safety"}
@@ -49,7 +49,7 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
     template = loaded.sources[0]  # ids not in the library (e.g. "u001") are copies of the suite's first source
     pool = {s.id: s for s in loaded.sources}
     if loaded.suite.unit == "session":
-        from evalkit.personas import load_personas
+        from evalkit.content.personas import load_personas
 
         pool = {p.id: p for p in load_personas()}
     sources = [pool[pid] if pid in pool else template.model_copy(update={"id": pid}) for pid in persona_effects]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit._resources import rubrics_dir, simulators_dir, suites_dir
 from evalkit.backends.vllm_server import free_port
+from evalkit.core.resources import rubrics_dir, simulators_dir, suites_dir
 
 from .conftest import CliResult, run_cli
 

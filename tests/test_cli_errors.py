@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from evalkit._resources import simulators_dir, suites_dir
 from evalkit.backends.vllm_server import free_port
+from evalkit.core.resources import simulators_dir, suites_dir
 
 from .conftest import TINY_VLLM_ARGS, assert_one_line_error, run_cli
 
@@ -60,7 +60,7 @@ def test_suite_that_is_not_yaml(tmp_path, fake_model):
 
 
 def test_malformed_rubric_yaml_names_file_and_field(tmp_path, fake_model):
-    from evalkit._resources import rubrics_dir
+    from evalkit.core.resources import rubrics_dir
 
     rubric = tmp_path / "my-rubric.yaml"
     text = (rubrics_dir() / "tes.yaml").read_text().replace("id: tes", "id: my-rubric", 1)

@@ -44,7 +44,7 @@ def test_the_docs_show_evalkit_commands():
 def test_documented_command_parses(where, command, monkeypatch):
     import typer
 
-    from evalkit.cli import app
+    from evalkit.cli.app import app
 
     # Shell substitutions are the user's values: give them one of the right type.
     command = command.replace('"$(evalkit lm-eval-path)"', "tasks").replace("$suite", "act-fm")

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from evalkit.simulation.engine import run_bounded
+from evalkit.core.concurrency import run_bounded
 
 
 def test_items_are_pulled_lazily_and_never_more_than_the_bound_in_flight():

@@ -14,7 +14,7 @@ FIELDS = ["presenting_problem", "core_beliefs", "automatic_thoughts", "emotions"
 
 def _suite(tmp_path, personas: list[str]):
     """The tes suite with the formulation rubric added, on the given personas."""
-    from evalkit.suites import load_suite
+    from evalkit.content.suites import load_suite
 
     text = load_suite("tes").path.read_text()
     text = text.replace("id: tes\n", "id: formulation-check\n").replace("personas: all", f"personas: [{', '.join(personas)}]")
@@ -41,7 +41,7 @@ def _therapist(personas, formulations):
 
 
 def _personas(n: int):
-    from evalkit.personas import load_personas
+    from evalkit.content.personas import load_personas
 
     return [p for p in load_personas() if p.risk_level == "none"][:n]
 
@@ -100,10 +100,10 @@ def test_verbatim_formulation_outscores_an_unrelated_one_under_a_real_vllm_judge
     One persona: for a 2-layer model, "does the text match these notes" across several personas is an XOR it
     does not learn in seconds; which persona's notes reach the judge is checked with the scripted judge above."""
     import evalkit
+    from evalkit.content.personas import load_personas
+    from evalkit.content.rubrics import load_rubric
     from evalkit.judging.formulation import formulation_messages, reference
     from evalkit.judging.training import train_on_examples
-    from evalkit.personas import load_personas
-    from evalkit.rubrics import load_rubric
 
     (persona,) = _personas(1)
     unrelated = next(p for p in load_personas() if p.risk_level != "none")  # differs in every field, risk included

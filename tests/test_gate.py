@@ -107,7 +107,7 @@ def test_too_few_sessions_says_how_many_are_needed(tmp_path):
 
 def test_new_critical_failure_is_a_regression(tmp_path):
     personas = {"p1": 0.0, "p2": 0.1, "p3": -0.1, "p4": 0.0}
-    from evalkit.rubrics import load_rubric
+    from evalkit.content.rubrics import load_rubric
 
     passing = {(f"{p}#{r}", item.id): 0.9 for p in personas for r in (0, 1) for item in load_rubric("safety").critical_items}
     baseline = write_run(tmp_path / "b", effect=0, persona_effects=personas, rubric_id="safety", override=passing)

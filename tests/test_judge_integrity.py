@@ -12,17 +12,17 @@ from datetime import datetime, timezone
 import pytest
 
 from evalkit.backends.mock import MockBackend
+from evalkit.content.personas import load_personas
+from evalkit.content.rubrics import load_rubric
+from evalkit.core.types import ChoiceDistribution, Completion
 from evalkit.judging import Judge, JudgeSettings, RubricScorer
 from evalkit.judging.adherence import AdherenceScorer
 from evalkit.judging.choice import read_choice
 from evalkit.judging.pairwise import judge_pair, pair_outcome
 from evalkit.judging.prompts import CLOSE, IN_TURN, OPEN, judge_messages, render_transcript
 from evalkit.judging.safety import RiskSurfacedScorer
-from evalkit.personas import load_personas
-from evalkit.records import Transcript, Turn
-from evalkit.rubrics import load_rubric
 from evalkit.simulation.reasoning import split_reasoning
-from evalkit.types import ChoiceDistribution, Completion
+from evalkit.store.records import Transcript, Turn
 
 NOW = datetime.now(timezone.utc)
 
@@ -81,13 +81,12 @@ def test_reasoning_is_split_from_what_was_said(text, said, thought):
 def test_a_reply_with_think_blocks_is_judged_without_them_and_kept_in_the_transcript(mocks, tmp_path):
     """End to end: the therapist thinks aloud; the client and judge never see it; the transcript keeps it."""
     import evalkit
-    from evalkit.judging.scorer import RubricScorer  # noqa: F401
 
     secret = "PRIVATE-PLAN-7: push the client toward values talk"
     therapist = MockBackend(model="cot-therapist", replies=[f"<think>{secret}</think>What matters to you here?"])
     result = evalkit.run(therapist, "tes", client=mocks["client"], judge=mocks["judge"], sessions=2, turns=3,
                          out=tmp_path / "run", report=False)
-    from evalkit.rundir import RunDir
+    from evalkit.store.rundir import RunDir
 
     transcripts = list(RunDir(result.directory).iter_transcripts())
     therapist_turns = [t for tr in transcripts for t in tr.turns if t.role == "therapist"]
@@ -105,7 +104,7 @@ def test_truncated_therapist_turns_are_marked_counted_and_can_be_excluded(mocks,
     result = evalkit.run(therapist, "tes", client=mocks["client"], judge=mocks["judge"], sessions=3, turns=2,
                          max_tokens=10, out=tmp_path / "run", report=False)
     assert result.manifest.counts.truncated_sessions == 3 and result.summary.counts.truncated_sessions == 3
-    from evalkit.rundir import RunDir
+    from evalkit.store.rundir import RunDir
 
     assert all(t.truncated for tr in RunDir(result.directory).iter_transcripts() for t in tr.turns if t.role == "therapist")
 
@@ -149,8 +148,8 @@ def test_every_kind_of_judge_call_applies_the_same_threshold():
 
 def test_a_judge_with_no_probability_on_a_or_b_is_invalid_not_a_tie(tmp_path):
     """The review's case: an unconstrained pairwise judge with no mass on A/B gave 4/4 ties and accuracy 0.5."""
+    from evalkit.content.loaders import PreferencePair
     from evalkit.judging.preference import llm_judge_preference
-    from evalkit.loaders import PreferencePair
 
     silent = MockBackend(model="silent", distribution=lambda m, c: ChoiceDistribution({}, 0.0, False))
     pairs = [PreferencePair(question=f"q{i}", chosen="good", rejected="bad") for i in range(4)]
@@ -159,7 +158,7 @@ def test_a_judge_with_no_probability_on_a_or_b_is_invalid_not_a_tie(tmp_path):
 
 
 def test_judge_and_missing_logprobs_are_told_apart():
-    from evalkit.errors import RequestRejected
+    from evalkit.core.errors import RequestRejected
 
     class NoLogprobs(MockBackend):
         async def choice_distribution(self, messages, choices, *, with_mass=True):

@@ -72,7 +72,7 @@ def test_quadratic_weighted_kappa_by_hand():
 
 def _ratings(path, materials=6):
     rng = np.random.default_rng(4)
-    from evalkit.rubrics import load_rubric
+    from evalkit.content.rubrics import load_rubric
 
     items = [i.id for i in load_rubric("tes").items]
     lines = []
@@ -96,7 +96,7 @@ def test_malformed_ratings_name_the_line_and_field(tmp_path):
     lines = path.read_text().splitlines()
     lines[5] = lines[5].replace('"score": ', '"score": 9') if '"score": ' in lines[5] else lines[5]
     path.write_text("\n".join(lines) + "\n")
-    from evalkit.errors import ConfigError
+    from evalkit.core.errors import ConfigError
     from evalkit.judging.validation import load_ratings
 
     with pytest.raises(ConfigError, match=r"ratings.jsonl:6: field 'score'"):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from evalkit._resources import lm_eval_tasks_dir
+from evalkit.core.resources import lm_eval_tasks_dir
 
 PRINCIPLES = ["empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging"]
 
@@ -36,7 +36,7 @@ def test_preference_pairs_cover_every_principle_with_similar_lengths():
     for pair in pairs:  # length must not give the answer away
         a, b = len(pair.preferred.split()), len(pair.dispreferred.split())
         assert abs(a - b) <= 0.25 * max(a, b), pair.id
-    from evalkit.personas import load_utterances
+    from evalkit.content.personas import load_utterances
 
     assert len(load_utterances()) >= 200
 
@@ -46,7 +46,7 @@ def test_the_response_task_checks_its_judge_before_generating(monkeypatch):
     import importlib.util
 
     from evalkit.backends.vllm_server import free_port
-    from evalkit.errors import BackendUnavailable
+    from evalkit.core.errors import BackendUnavailable
 
     spec = importlib.util.spec_from_file_location("evalkit_lm_eval_utils", lm_eval_tasks_dir() / "utils.py")
     utils = importlib.util.module_from_spec(spec)

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from evalkit.errors import ConfigError
-from evalkit.loaders import PRINCIPLES, load_patient_psi, load_psychocounsel_preference
-from evalkit.personas import load_personas, load_utterances
+from evalkit.content.loaders import PRINCIPLES, load_patient_psi, load_psychocounsel_preference
+from evalkit.content.personas import load_personas, load_utterances
+from evalkit.core.errors import ConfigError
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -81,8 +81,8 @@ def test_patient_psi_profiles_to_personas(tmp_path):
         PROFILE["situation"], [PROFILE["auto_thought"]], PROFILE["emotion"], PROFILE["behavior"])
     assert sam.openness == "low" and sam.archetype == "unspecified" and sam.act_profile.cognitive_fusion == "unrated"
     # ... and they reach the client prompt.
-    from evalkit.records import Turn
     from evalkit.simulation.client import client_messages
+    from evalkit.store.records import Turn
 
     prompt = client_messages(sam, [Turn(role="client", content=sam.opening_line)])[0]["content"]
     assert "about being able to cope: I am powerless." in prompt and "about your worth: I am worthless." in prompt

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from evalkit.backends.openai_http import OpenAIBackend
+from evalkit.content.rubrics import load_rubric
 from evalkit.judging.prompts import judge_messages
-from evalkit.records import Transcript
-from evalkit.rubrics import load_rubric
+from evalkit.store.records import Transcript
 
 from .conftest import TINY_MAX_MODEL_LEN, TINY_VLLM_ARGS, check_scores, read_jsonl, run_cli
 

@@ -10,11 +10,11 @@ from typing import get_args
 
 import pytest
 
-from evalkit.coverage import load_coverage_spec, shortfalls, suite_schedule_problems
-from evalkit.personas import RiskType, load_personas, load_utterances
-from evalkit.records import Turn
+from evalkit.content.coverage import load_coverage_spec, shortfalls, suite_schedule_problems
+from evalkit.content.personas import RiskType, load_personas, load_utterances
+from evalkit.content.suites import available_suites, load_suite, schedule_problems
 from evalkit.simulation.client import clean_client_reply, client_behaviour, client_messages, therapist_messages
-from evalkit.suites import available_suites, load_suite, schedule_problems
+from evalkit.store.records import Turn
 
 from .conftest import run_cli
 
@@ -88,10 +88,69 @@ def test_client_prompt_shows_the_person_and_only_eligible_disclosures():
     for disclosure in persona.disclosure:
         for n, text in by_turn.items():
             assert (disclosure.content in text) == (disclosure.after_turn <= n), (disclosure.id, n)
-    # Asking about the topic makes a disclosure eligible early, and the client is told so.
-    early = client_messages(persona, _session(persona, ["Have you had any thoughts of suicide?"]))[0]["content"]
-    plan = next(d for d in persona.disclosure if d.id == "plan-and-timing")
-    assert plan.after_turn > 1 and plan.content in early and "asked about this" in early
+    # Asking about a topic releases nothing early: the schedule is the persona's.
+    asked = client_messages(persona, _session(persona, ["Have you had any thoughts of suicide? Do you have a plan?"]))[0]["content"]
+    assert asked == by_turn[1]
+    assert all(d.content not in asked for d in persona.disclosure if d.after_turn > 1)
+
+
+# Wording that used to release disclosures early (former trigger words), and each word's plain synonym.
+LOADED = {"safe": "okay", "plan": "idea", "hopeless": "stuck", "suicide": "ending", "kill yourself": "give up",
+          "hurt yourself": "struggle", "drinking": "evenings", "hit": "touch", "gun": "thing", "pills": "things",
+          "die": "rest", "danger": "trouble", "abuse": "conflict", "knife": "tool", "children": "family",
+          "money": "bills", "eating": "meals", "medication": "routine", "partner": "person", "thoughts of dying": "low moods",
+          "harm": "upset", "weapon": "object", "end your life": "stop it all", "better off dead": "better off away"}
+
+
+def _therapists():
+    loaded = [f"It's {w} to take your time here; what about {x}?" for w, x in zip(list(LOADED)[::2], list(LOADED)[1::2], strict=False)]
+    plain = [f"It's {LOADED[w]} to take your time here; what about {LOADED[x]}?"
+             for w, x in zip(list(LOADED)[::2], list(LOADED)[1::2], strict=False)]
+    every_word = "Let me ask plainly about " + ", ".join(LOADED) + "."
+    return {"loaded": loaded, "synonyms": plain, "every-word": [every_word] * 8, "silent": ["Mm."] * 8}
+
+
+def test_every_therapist_meets_the_same_client_whatever_its_wording():
+    """Sessions whose therapists differ only by wording (synonyms; every former trigger word in every reply; near
+    silence) send the client identical instructions at every turn, for every persona: the prompts actually sent."""
+    import asyncio
+
+    from evalkit.backends.mock import MockBackend
+    from evalkit.content.suites import Case
+    from evalkit.core.types import SamplingParams
+    from evalkit.simulation.client_modes import SimulatedClient
+    from evalkit.simulation.engine import SessionEngine
+
+    params = SamplingParams(max_tokens=64)
+
+    async def client_prompts(persona, replies: list[str]) -> list[str]:
+        client = MockBackend(model="client", replies=["I suppose so."])
+        engine = SessionEngine(suite_id="t", system_prompt="be kind", turns=6, therapist=MockBackend(model="t", replies=replies),
+                               client=SimulatedClient(client, params), therapist_sampling=params)
+        await engine.run_case(Case(session_id=f"{persona.id}#0", replicate=0, persona=persona))
+        return [call.messages[0]["content"] for call in client.calls]
+
+    personas = load_personas()
+    for persona in personas:
+        sent = {name: asyncio.run(client_prompts(persona, replies)) for name, replies in _therapists().items()}
+        reference = sent.pop("silent")
+        assert len(reference) == 5
+        for name, prompts in sent.items():
+            assert prompts == reference, (persona.id, name)
+        for replies, prompt in enumerate(reference, start=1):
+            eligible = {d.id for d in persona.disclosure if d.content in prompt}
+            assert eligible == {d.id for d in persona.disclosure if d.after_turn <= replies}, (persona.id, replies)
+
+
+def test_a_risk_disclosure_is_voiced_at_its_turn_whatever_the_therapist_said():
+    for persona in (p for p in load_personas() if p.risk_level != "none"):
+        for replies in range(0, 8):
+            prompt = client_messages(persona, _session(persona, ["Mm."] * replies) if replies else
+                                     [Turn(role="client", content=persona.opening_line)])[0]["content"]
+            due = [d for d in persona.risk_disclosures if d.after_turn == replies]
+            assert ("Say this in your reply now" in prompt) == bool(due), (persona.id, replies)
+            for d in due:
+                assert prompt.index("Say this in your reply now") < prompt.index(d.content)
 
 
 def test_roles_flip_for_the_client():
@@ -112,7 +171,7 @@ def test_client_close_marker_and_labels():
 def test_coverage_command_fails_when_a_cell_is_short(tmp_path):
     import shutil
 
-    from evalkit._resources import simulators_dir
+    from evalkit.core.resources import simulators_dir
 
     keep = tmp_path / "few"
     keep.mkdir()
@@ -136,21 +195,19 @@ def test_safety_suite_and_risk_rubric_in_every_multi_turn_suite():
 
 @pytest.mark.parametrize("persona_id", ["self-harm-teenager-high-school-student", "domestic-abuse-hotel-housekeeper"])
 def test_the_prompt_sent_at_turn_one_holds_no_risk_text_and_the_eligible_turn_does(persona_id, mocks, tmp_path):
-    """Against the prompts the client backend actually received in a run."""
+    """Against the prompts the client backend actually received in a run whose therapist asks about risk at once."""
     import evalkit
+    from evalkit.backends.mock import MockBackend
 
     persona = next(p for p in load_personas() if p.id == persona_id)
     suite = tmp_path / "one.yaml"
     suite.write_text(load_suite("tes").path.read_text().replace("personas: all", f"personas: [{persona_id}]"))
-    evalkit.run(mocks["therapist"], str(suite), client=mocks["client"], judge=mocks["judge"], out=tmp_path / "run",
-                turns=6, report=False)
+    therapist = MockBackend(model="asks", replies=["Are you safe? Are you thinking of suicide or of hurting yourself? Is anyone hurting you?"])
+    evalkit.run(therapist, str(suite), client=mocks["client"], judge=mocks["judge"], out=tmp_path / "run", turns=6, report=False)
     prompts = [call.messages[0]["content"] for call in mocks["client"].calls if call.kind == "chat"]
     first_risk = min(d.after_turn for d in persona.risk_disclosures)
     assert len(prompts) == 5 and first_risk >= 1
     for number, prompt in enumerate(prompts, start=1):  # the client speaks after counsellor reply `number`
         for disclosure in persona.risk_disclosures:
-            eligible = disclosure.after_turn <= number or any(disclosure.asked_in(c.messages[-1]["content"])
-                                                              for c in mocks["client"].calls[:number])
-            assert (disclosure.content in prompt) == eligible, (number, disclosure.id)
-    assert all(d.content not in prompts[0] for d in persona.risk_disclosures if d.after_turn > 1)
-    assert all(d.content in prompts[first_risk - 1] for d in persona.risk_disclosures if d.after_turn == first_risk)
+            assert (disclosure.content in prompt) == (disclosure.after_turn <= number), (number, disclosure.id)
+        assert not RISK_WORDS.search(prompt.split("## What you are ready to talk about now")[0]), number

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.vllm
 
 def test_reasoning_is_kept_counted_and_never_shown(tmp_path, mocks):
     import evalkit
-    from evalkit.rundir import RunDir
-    from evalkit.tinymodel import build_tiny_reasoning_model
+    from evalkit.models.tiny import build_tiny_reasoning_model
+    from evalkit.store.rundir import RunDir
 
     model = build_tiny_reasoning_model(tmp_path / "thinker")
     result = evalkit.run(str(model), "tes", client=mocks["client"], judge=mocks["judge"], sessions=2, turns=3,

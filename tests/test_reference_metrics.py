@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.content.references import ReferenceItem, load_reference_items
+from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.metrics import (
     EmotionClassifier,
     corpus_bleu,
@@ -31,7 +32,6 @@ from evalkit.metrics import (
     sentence_bleu,
 )
 from evalkit.metrics import reference as reference_module
-from evalkit.reference_data import ReferenceItem, load_reference_items
 
 DATA = Path(__file__).parent / "data" / "reference"
 
@@ -287,7 +287,7 @@ def test_emotion_accuracy_equals_transformers_pipeline(tmp_path):
 
 
 def test_importing_metrics_does_not_load_torch():
-    code = ("import sys, evalkit.metrics, evalkit.reference_data; "
+    code = ("import sys, evalkit.metrics, evalkit.content.references; "
             "print(sorted(m for m in ('torch', 'transformers', 'nltk', 'sacrebleu', 'rouge_score') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evalkit.backends.mock import MockBackend
-from evalkit.suites import load_suite
+from evalkit.content.suites import load_suite
 
 from .conftest import read_jsonl, run_cli
 from .test_reference_metrics import LABEL_MAP, _tiny_emotion_model

@@ -17,8 +17,8 @@ import pytest
 
 from evalkit.backends.base import BackendInfo
 from evalkit.backends.replicas import ReplicaPool, routing_key
-from evalkit.errors import BackendUnavailable
-from evalkit.types import ChoiceDistribution, Completion, SamplingParams
+from evalkit.core.errors import BackendUnavailable
+from evalkit.core.types import ChoiceDistribution, Completion, SamplingParams
 
 from .conftest import TINY_MAX_MODEL_LEN, TINY_VLLM_ARGS
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
-from evalkit.personas import load_personas
+from evalkit.content.personas import load_personas
 
 from .conftest import run_cli
 from .synthetic_runs import write_run
@@ -118,7 +118,7 @@ def test_three_run_comparison_report(browser, tmp_path):
 
 def test_safety_section_comes_first_when_critical_failures_exist(browser, tmp_path):
     risky = {p.id: 0.0 for p in load_personas() if p.risk_level != "none"}
-    from evalkit.rubrics import load_rubric
+    from evalkit.content.rubrics import load_rubric
 
     critical = [i.id for i in load_rubric("safety").critical_items]
     scores = {(f"{p}#{r}", item): 0.9 for p in risky for r in (0, 1) for item in critical}

@@ -16,11 +16,11 @@ import pytest
 
 from evalkit.backends.reward import RewardClient, RewardPairwiseJudge, sigmoid, transcript_messages
 from evalkit.backends.vllm_server import ManagedVLLMServer, free_port, vllm_distribution
-from evalkit.errors import BackendError, BackendUnavailable, ContextLengthExceeded
+from evalkit.content.loaders import PreferencePair
+from evalkit.core.errors import BackendError, BackendUnavailable, ContextLengthExceeded
 from evalkit.judging.preference import reward_model_preference, reward_server_preference
-from evalkit.loaders import PreferencePair
-from evalkit.records import Transcript, Turn
-from evalkit.tinymodel import build_tiny_reward_model
+from evalkit.models.tiny import build_tiny_reward_model
+from evalkit.store.records import Transcript, Turn
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -208,7 +208,7 @@ def test_cli_eval_pref_with_reward_endpoint(reward_endpoint, tmp_path):
 
 def _reward_suite(tmp_path):
     """psychocounsel with the reward model as a second scorer."""
-    from evalkit.suites import load_suite
+    from evalkit.content.suites import load_suite
 
     path = tmp_path / "psychocounsel-reward.yaml"
     path.write_text(load_suite("psychocounsel").path.read_text().replace("id: psychocounsel\n", "id: psychocounsel-reward\n")
@@ -226,8 +226,8 @@ def _mock_run(tmp_path, name: str, reply: str, **kwargs):
 
 def test_reward_model_scores_every_response_of_a_run_and_rescore_reads_it_again(reward_endpoint, transformers_reward, tmp_path):
     from evalkit.backends.mock import MockBackend
-    from evalkit.rundir import RunDir
-    from evalkit.runner import rescore
+    from evalkit.pipeline.runner import rescore
+    from evalkit.store.rundir import RunDir
 
     result = _mock_run(tmp_path, "rewarded", "That sounds heavy. What has it been like for you?",
                        suite=str(_reward_suite(tmp_path)), reward_endpoint=reward_endpoint)
@@ -257,7 +257,7 @@ def test_a_suite_with_the_reward_scorer_needs_an_endpoint(tmp_path):
 
 def test_reward_model_is_the_pairwise_judge_in_compare(reward_endpoint, transformers_reward, tmp_path):
     """compare --pairwise-reward-endpoint: each verdict is sigmoid(reward difference), from transformers' rewards too."""
-    from evalkit.rundir import RunDir
+    from evalkit.store.rundir import RunDir
 
     candidate = _mock_run(tmp_path, "candidate", "That sounds really hard. What has been the worst part of it?")
     baseline = _mock_run(tmp_path, "baseline", "OK.")

@@ -17,8 +17,8 @@ from typing import get_args
 
 import pytest
 
-from evalkit.personas import RiskType
-from evalkit.rubrics import Rubric, available_rubrics, load_rubric
+from evalkit.content.personas import RiskType
+from evalkit.content.rubrics import Rubric, available_rubrics, load_rubric
 
 PUBLISHED = Path(__file__).parent / "data" / "act_fm_published.csv"
 AREAS = ("stance", "open", "aware", "engaged")

@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from evalkit.errors import ConfigError
-from evalkit.rubrics import available_rubrics, load_rubric, load_rubric_file
+from evalkit.content.rubrics import available_rubrics, load_rubric, load_rubric_file
+from evalkit.core.errors import ConfigError
 
 
 def test_builtin_rubrics_load_and_cite_their_instrument():
@@ -75,7 +75,7 @@ def test_tes_and_psychocounsel_structure():
     (lambda t: t + "\nunexpected_key: 1\n", "unexpected_key"),
 ])
 def test_malformed_rubric_names_file_and_field(tmp_path, mutation, field):
-    from evalkit._resources import rubrics_dir
+    from evalkit.core.resources import rubrics_dir
 
     bad = tmp_path / "act-fm.yaml"
     bad.write_text(mutation((rubrics_dir() / "act-fm.yaml").read_text()))

@@ -317,7 +317,7 @@ def test_replay_client_reuses_recorded_turns_until_the_therapist_diverges(vllm_e
 
 
 def test_scripted_client(vllm_endpoint, tmp_path):
-    from evalkit.suites import load_suite
+    from evalkit.content.suites import load_suite
 
     personas = [p.id for p in load_suite("tes").personas[:2]]
     scripts = tmp_path / "scripts.yaml"

@@ -2,10 +2,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from evalkit.errors import ConfigError, RunDirectoryConflict
-from evalkit.records import ContentRef, RunConfig, Transcript, Turn
-from evalkit.rundir import TRANSCRIPTS
-from evalkit.rundir import RunDir as RunStore
+from evalkit.core.errors import ConfigError, RunDirectoryConflict
+from evalkit.store.records import ContentRef, RunConfig, Transcript, Turn
+from evalkit.store.rundir import TRANSCRIPTS
+from evalkit.store.rundir import RunDir as RunStore
 
 NOW = datetime.now(timezone.utc)
 
@@ -22,7 +22,7 @@ def _transcript(sid: str) -> Transcript:
 
 
 def _manifest_for(store: RunStore, config: RunConfig):
-    from evalkit.records import Manifest
+    from evalkit.store.records import Manifest
 
     store.write_manifest(Manifest(evalkit_version="t", run_id="r", status="running", command=[], git_commit=None,
                                   config=config, config_sha256="h", roles={}, self_play=False, self_judged=False,

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from evalkit.backends.mock import MockBackend, hashed_distribution
-from evalkit.personas import load_personas
-from evalkit.suites import load_suite
+from evalkit.content.personas import load_personas
+from evalkit.content.suites import load_suite
 
 from .conftest import run_cli
 
@@ -68,7 +68,7 @@ def test_risk_that_never_surfaces_is_not_counted_as_safe(tmp_path, voiced):
 
 def test_act_fm_runs_carry_safety_scores_for_their_risk_personas(tmp_path, mocks):
     import evalkit
-    from evalkit.rundir import RunDir
+    from evalkit.store.rundir import RunDir
 
     suite = tmp_path / "mixed.yaml"
     risky, calm = "self-harm-teenager-high-school-student", "adhd-overwhelm-freelance-illustrator"

@@ -5,8 +5,8 @@ another working directory."""
 import json
 import shutil
 
-from evalkit._resources import rubrics_dir, simulators_dir
-from evalkit.suites import load_suite
+from evalkit.content.suites import load_suite
+from evalkit.core.resources import rubrics_dir, simulators_dir
 
 from .conftest import read_jsonl, run_cli
 

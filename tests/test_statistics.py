@@ -558,8 +558,8 @@ def test_compare_mismatched_sessions_needs_matched(tmp_path):
 
 def test_compare_leaves_out_sessions_with_low_persona_adherence_unless_asked(tmp_path):
     from evalkit.judging import adherence
-    from evalkit.records import ItemScore
-    from evalkit.rundir import RunDir
+    from evalkit.store.records import ItemScore
+    from evalkit.store.rundir import RunDir
 
     a = write_run(tmp_path / "a", effect=0, persona_effects=PERSONAS)
     b = write_run(tmp_path / "b", effect=0.5, persona_effects=PERSONAS)

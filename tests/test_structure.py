@@ -85,12 +85,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_types_and_errors_import_nothing_from_evalkit_but_each_other():
     graph = import_graph()
-    assert graph["evalkit.types"] == set()
-    assert graph["evalkit.errors"] == set()
-    assert graph["evalkit.console"] <= {"evalkit.secrets"}
+    assert graph["evalkit.core.types"] == set()
+    assert graph["evalkit.core.errors"] == set()
+    assert graph["evalkit.core.console"] <= {"evalkit.core.secrets"}
 
 
-@pytest.mark.parametrize("statement", ["import evalkit", "import evalkit.cli", "import evalkit.rubrics",
+@pytest.mark.parametrize("statement", ["import evalkit", "import evalkit.cli", "import evalkit.content.rubrics",
                                        "import evalkit.lm_eval_tasks.utils"])
 def test_light_imports(statement):
     # The lm-eval plug-in needs `datasets`, which pulls in pandas itself.
@@ -144,7 +144,7 @@ def test_user_scorer_selected_by_a_suite(tmp_path):
 
     register_scorer("reply-length-test")(lambda suite: ReplyLength())
     from evalkit.backends.mock import MockBackend
-    from evalkit.suites import load_suite
+    from evalkit.content.suites import load_suite
 
     suite = tmp_path / "mine.yaml"
     suite.write_text(load_suite("psychocounsel").path.read_text().replace("rubrics: [psychocounsel]",

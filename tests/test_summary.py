@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evalkit.records import ItemScore
-from evalkit.rubrics import load_rubric
-from evalkit.summary import clustered_mean_ci, summarise_rubric
+from evalkit.analysis.summary import clustered_mean_ci, summarise_rubric
+from evalkit.content.rubrics import load_rubric
+from evalkit.store.records import ItemScore
 
 
 def cr1_mean_ci(y, groups, level=0.95):
@@ -63,7 +63,7 @@ def test_invalid_scores_are_counted_not_zeroed():
 
 
 def _safety_like_rubric():
-    from evalkit.rubrics import Rubric
+    from evalkit.content.rubrics import Rubric
 
     pass_fail = {"min": 0, "max": 1, "labels": {0: "fail", 1: "pass"}}
     return Rubric.model_validate({

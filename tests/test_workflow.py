@@ -75,7 +75,7 @@ def test_self_judging_is_detected_by_identity_not_by_omitted_flags(tmp_path):
 
 
 def test_endpoints_are_one_server_however_they_are_spelled():
-    from evalkit.roles import normalise_endpoint
+    from evalkit.backends.roles import normalise_endpoint
 
     spellings = ["http://localhost:8000", "http://127.0.0.1:8000/v1", "HTTP://LOCALHOST:8000/v1/", "http://127.0.0.1:8000/"]
     assert len({normalise_endpoint(s) for s in spellings}) == 1

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..errors import BackendError, ConfigError
-from ..records import BackendRecord as BackendInfo
-from ..types import ChoiceDistribution, Completion, Message, SamplingParams
+from evalkit.core.errors import BackendError, ConfigError
+from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
+from evalkit.store.records import BackendRecord as BackendInfo
 
 __all__ = ["Backend", "BackendInfo", "BackendSpec", "BuildContext", "ChoiceDistribution", "Completion", "Message",
            "backend_kinds", "build_backend", "register_backend"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..console import console
-from .base import BackendSpec, BuildContext
-from .openai_http import OpenAIBackend
-from .vllm_server import ManagedVLLMServer, tail
+from evalkit.backends.base import BackendSpec, BuildContext
+from evalkit.backends.openai_http import OpenAIBackend
+from evalkit.backends.vllm_server import ManagedVLLMServer, tail
+from evalkit.core.console import console
 
 
 def served_name(model: str) -> str:

@@ -15,9 +15,9 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..records import BackendRecord
-from ..types import ChoiceDistribution, Completion, Message, SamplingParams
-from .base import BackendSpec, BuildContext
+from evalkit.backends.base import BackendSpec, BuildContext
+from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
+from evalkit.store.records import BackendRecord
 
 DEFAULT_REPLIES = (
     "That sounds really hard. What feels heaviest about it right now?",

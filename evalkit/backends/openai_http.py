@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ..errors import BackendError, BackendUnavailable, ConfigError, ContextLengthExceeded, RequestRejected
-from ..secrets import api_key_from_env, scrub
-from ..types import ChoiceDistribution, Completion, Message, SamplingParams
-from .base import BackendInfo, BackendSpec, BuildContext, Timeouts
+from evalkit.backends.base import BackendInfo, BackendSpec, BuildContext, Timeouts
+from evalkit.core.errors import BackendError, BackendUnavailable, ConfigError, ContextLengthExceeded, RequestRejected
+from evalkit.core.secrets import api_key_from_env, scrub
+from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
 
 CONTEXT_MARKERS = ("maximum context length", "max_model_len", "maximum model length", "context_length_exceeded", "too long")
 TOP_LOGPROBS = 20  # the OpenAI API's maximum, and vLLM's default --max-logprobs
@@ -317,7 +317,7 @@ async def build(spec: BackendSpec, context: BuildContext):
     if not spec.endpoints:
         raise ConfigError("backend 'openai' needs an endpoint")
     if len(spec.endpoints) > 1:
-        from .replicas import ReplicaPool
+        from evalkit.backends.replicas import ReplicaPool
 
         return await ReplicaPool.connect(list(spec.endpoints), spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)
     return await OpenAIBackend.connect(spec.endpoints[0], spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
-from ..console import warn
-from ..errors import BackendUnavailable, ConfigError
-from ..records import ReplicaRecord
-from ..types import ChoiceDistribution, Completion, Message, SamplingParams
-from .base import Backend, Timeouts
-from .openai_http import OpenAIBackend
+from evalkit.backends.base import Backend, Timeouts
+from evalkit.backends.openai_http import OpenAIBackend
+from evalkit.core.console import warn
+from evalkit.core.errors import BackendUnavailable, ConfigError
+from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
+from evalkit.store.records import ReplicaRecord
 
 T = TypeVar("T")
 _routing_key: ContextVar[str | None] = ContextVar("evalkit_routing_key", default=None)

@@ -33,11 +33,21 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import BackendError, BackendUnavailable, ConfigError, ContextLengthExceeded, RequestRejected
-from ..records import BackendRecord, Transcript
-from ..secrets import api_key_from_env, scrub
-from .base import Timeouts
-from .openai_http import _RETRY_STATUSES, CONTEXT_MARKERS, _describe, _json, _retry_after, _Transient, normalise_base_url, probe_server, with_retries
+from evalkit.backends.base import Timeouts
+from evalkit.backends.openai_http import (
+    _RETRY_STATUSES,
+    CONTEXT_MARKERS,
+    _describe,
+    _json,
+    _retry_after,
+    _Transient,
+    normalise_base_url,
+    probe_server,
+    with_retries,
+)
+from evalkit.core.errors import BackendError, BackendUnavailable, ConfigError, ContextLengthExceeded, RequestRejected
+from evalkit.core.secrets import api_key_from_env, scrub
+from evalkit.store.records import BackendRecord, Transcript
 
 ROUTE = "/classify"
 KIND = "vllm-reward"

@@ -7,9 +7,9 @@ import asyncio
 import threading
 import time
 
-from ..errors import BackendError, ContextLengthExceeded
-from ..types import ChoiceDistribution, Completion, Message, SamplingParams
-from .base import BackendInfo, BackendSpec, BuildContext
+from evalkit.backends.base import BackendInfo, BackendSpec, BuildContext
+from evalkit.core.errors import BackendError, ContextLengthExceeded
+from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
 
 
 class TransformersBackend:
@@ -98,7 +98,7 @@ class TransformersBackend:
 
 async def build(spec: BackendSpec, context: BuildContext) -> TransformersBackend:
     assert spec.model is not None
-    from .managed import served_name
+    from evalkit.backends.managed import served_name
 
     name = served_name(spec.model)
     info = BackendInfo(kind="transformers", model=name, model_path=spec.model, model_hash=spec.model_hash)

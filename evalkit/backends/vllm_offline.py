@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..console import console
-from ..errors import BackendError, BackendUnavailable, ContextLengthExceeded, RequestRejected
-from ..types import ChoiceDistribution, Completion, Message, SamplingParams
-from .base import BackendInfo, BackendSpec, BuildContext
-from .openai_http import CONTEXT_MARKERS, TOP_LOGPROBS, fold_top_logprobs
+from evalkit.backends.base import BackendInfo, BackendSpec, BuildContext
+from evalkit.backends.openai_http import CONTEXT_MARKERS, TOP_LOGPROBS, fold_top_logprobs
+from evalkit.core.console import console
+from evalkit.core.errors import BackendError, BackendUnavailable, ContextLengthExceeded, RequestRejected
+from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
 
 _SETTLE_ROUNDS = 3  # event-loop rounds with no new request before a batch is sent
 
@@ -171,7 +171,7 @@ class OfflineVLLMBackend:
 
 async def build(spec: BackendSpec, context: BuildContext) -> OfflineVLLMBackend:
     assert spec.model is not None
-    from .managed import served_name
+    from evalkit.backends.managed import served_name
 
     name = served_name(spec.model)
     console.print(f"loading {name} into vLLM in-process", markup=False)

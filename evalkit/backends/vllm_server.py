@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import ServerStartError
+from evalkit.core.errors import ServerStartError
 
 _PR_SET_PDEATHSIG = 1
 

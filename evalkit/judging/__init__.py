@@ -8,7 +8,7 @@
 - `pairwise`, `preference`, `validation`, `training`: pairwise preference, eval-pref, judge validate, judge train.
 """
 
-from .judge import Judge, JudgeSettings
-from .scorer import RubricScorer, Scorer, make_scorer, register_scorer
+from evalkit.judging.judge import Judge, JudgeSettings
+from evalkit.judging.scorer import RubricScorer, Scorer, make_scorer, register_scorer
 
 __all__ = ["Judge", "JudgeSettings", "RubricScorer", "Scorer", "make_scorer", "register_scorer"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..types import ChoiceDistribution
+from evalkit.core.types import ChoiceDistribution
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
-from ..personas import Persona
-from ..records import ItemScore, Transcript
-from ..rubrics import Item, Rubric, load_rubric
-from .judge import Judge
-from .prompts import neutralise
-from .scorer import Source, invalid_row, score_row
+from evalkit.content.personas import Persona
+from evalkit.content.rubrics import Item, Rubric, load_rubric
+from evalkit.judging.judge import Judge
+from evalkit.judging.prompts import neutralise
+from evalkit.judging.scorer import Source, invalid_row, score_row
+from evalkit.store.records import ItemScore, Transcript
 
 SYSTEM = """You are an experienced clinical supervisor checking a therapist's case formulation against the \
 client's case notes on the {name} (version {version}).

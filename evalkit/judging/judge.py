@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from ..backends.base import Backend
-from ..errors import ConfigError, ContextLengthExceeded, RequestRejected
-from ..types import Message
-from .choice import Reading, read_choice
-from .prompts import Layout
+from evalkit.backends.base import Backend
+from evalkit.core.errors import ConfigError, ContextLengthExceeded, RequestRejected
+from evalkit.core.types import Message
+from evalkit.judging.choice import Reading, read_choice
+from evalkit.judging.prompts import Layout
 
 METHOD = "score-token-probabilities/v2"
 

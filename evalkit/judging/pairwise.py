@@ -13,10 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ..records import Transcript
-from ..rubrics import Rubric
-from .judge import Judge
-from .prompts import data_rules, render_turn
+from evalkit.content.rubrics import Rubric
+from evalkit.judging.judge import Judge
+from evalkit.judging.prompts import data_rules, render_turn
+from evalkit.store.records import Transcript
 
 SYSTEM = """You are an experienced clinical supervisor comparing two counselling conversations. Judge which one \
 better serves the client, considering: {criteria}.
@@ -85,7 +85,7 @@ async def reward_pair(chooser, session: str, candidate: tuple[str, Transcript],
                       baseline: tuple[str, Transcript]) -> list[PairwiseVerdict]:
     """The same two verdicts from a reward model (`backends.reward.RewardPairwiseJudge`): P(first better) is the
     logistic of the reward difference, so both orders always agree and ties only come from equal rewards."""
-    from ..errors import RequestRejected
+    from evalkit.core.errors import RequestRejected
 
     (cand_name, cand), (base_name, base) = candidate, baseline
     rows = []

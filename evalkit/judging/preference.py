@@ -13,13 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvalkitError
-from ..loaders import PreferencePair
-from ..records import Transcript, Turn
-from ..rubrics import load_rubric
-from ..statistics.winrate import win_summary
-from .judge import Judge, JudgeSettings
-from .pairwise import judge_pair, pair_outcome
+from evalkit.content.loaders import PreferencePair
+from evalkit.content.rubrics import load_rubric
+from evalkit.core.errors import EvalkitError
+from evalkit.judging.judge import Judge, JudgeSettings
+from evalkit.judging.pairwise import judge_pair, pair_outcome
+from evalkit.statistics.winrate import win_summary
+from evalkit.store.records import Transcript, Turn
 
 
 def _transcript(pair_id: str, question: str, reply: str) -> Transcript:
@@ -85,7 +85,7 @@ async def reward_server_preference(client, pairs: list[PreferencePair], *, concu
     the server; the higher reward wins. A pair the server refuses (e.g. longer than its context window) is
     invalid, with the reason in its `rewards` entry; a server that stops answering ends the evaluation.
     """
-    from ..errors import RequestRejected
+    from evalkit.core.errors import RequestRejected
 
     slots = asyncio.Semaphore(concurrency)
 
@@ -124,7 +124,7 @@ async def reward_server_preference(client, pairs: list[PreferencePair], *, concu
 def write(report: dict[str, Any], out: Path) -> Path:
     import json
 
-    from ..fileio import ensure_directory, write_atomic
+    from evalkit.core.fileio import ensure_directory, write_atomic
 
     ensure_directory(out, "out")
     path = out / "eval-pref.json"
@@ -136,18 +136,18 @@ async def evaluate_preference(data: Path, out: Path, *, judge=None, reward_model
                               reward_endpoint: str | None = None, limit: int | None = None,
                               min_mass: float = 0.5) -> tuple[dict[str, Any], Path]:
     """`judge eval-pref`: one of an LLM judge (RoleSpec), an in-process reward model, or a vLLM reward server."""
-    from ..loaders import load_psychocounsel_preference
+    from evalkit.content.loaders import load_psychocounsel_preference
 
     pairs = load_psychocounsel_preference(data)[:limit]
     if reward_model is not None:
         report = reward_model_preference(str(reward_model), pairs)
     elif reward_endpoint is not None:
-        from ..backends.reward import RewardClient
+        from evalkit.backends.reward import RewardClient
 
         async with RewardClient.connect(reward_endpoint) as client:
             report = await reward_server_preference(client, pairs)
     else:
-        from ..roles import judge_backend
+        from evalkit.backends.roles import judge_backend
 
         async with judge_backend(judge, out) as (backend, _):
             report = await llm_judge_preference(Judge(backend, JudgeSettings(min_mass=min_mass, adherence_threshold=None)), pairs)

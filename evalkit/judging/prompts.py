@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from ..records import Transcript, Turn
-from ..rubrics import Item, Rubric
+from evalkit.content.rubrics import Item, Rubric
+from evalkit.store.records import Transcript, Turn
 
 OPEN, CLOSE = "<transcript>", "</transcript>"
 _MARKUP = re.compile(r"<(\s*/?\s*)(transcript|turn|case_notes|checked_turn|option)\b", re.IGNORECASE)

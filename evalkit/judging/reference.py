@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import Collection
 from pathlib import Path
 
-from ..records import ItemScore, ReferenceSummary, Transcript
-from ..reference_data import ReferenceItem
-from .choice import Reading
-from .judge import Judge
-from .scorer import Source, invalid_row, score_row
+from evalkit.content.references import ReferenceItem
+from evalkit.judging.choice import Reading
+from evalkit.judging.judge import Judge
+from evalkit.judging.scorer import Source, invalid_row, score_row
+from evalkit.store.records import ItemScore, ReferenceSummary, Transcript
 
 ID, VERSION = "reference", "1"
 METRICS = ("bleu", "rouge1", "rouge2", "rouge_l", "meteor")  # item ids of rubrics/reference.yaml
@@ -42,7 +42,7 @@ class ReferenceScorer:
         return [*METRICS, *(["emotion"] if self.emotion_model and source.emotion else [])]
 
     async def _classify(self, text: str) -> str:
-        from ..metrics.emotion import EmotionClassifier
+        from evalkit.metrics.emotion import EmotionClassifier
 
         async with self._lock:  # one model, loaded once, used one item at a time in a worker thread
             if self._classifier is None:
@@ -51,7 +51,7 @@ class ReferenceScorer:
 
     async def score(self, transcript: Transcript, source: Source, judge: Judge,
                     only: Collection[str] | None = None) -> list[ItemScore]:
-        from ..metrics.reference import meteor, rouge, sentence_bleu
+        from evalkit.metrics.reference import meteor, rouge, sentence_bleu
 
         assert isinstance(source, ReferenceItem)
         reply = reply_of(transcript)
@@ -78,7 +78,7 @@ def reference_scorer(suite: object, rubric: object = None, *, emotion_model: str
 def corpus_summary(pairs: list[tuple[str, str]], emotion: list[float], label_map: dict[str, str],
                    emotion_model: str | None) -> ReferenceSummary:
     """Corpus BLEU (sacrebleu) and mean ROUGE/METEOR over (model reply, reference) pairs; emotion accuracy."""
-    from ..metrics.reference import reference_metrics
+    from evalkit.metrics.reference import reference_metrics
 
     if not pairs:
         return ReferenceSummary(n=0, settings={})

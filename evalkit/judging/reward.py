@@ -12,12 +12,12 @@ import asyncio
 from collections.abc import Collection
 from contextlib import AsyncExitStack
 
-from ..backends.reward import RewardClient, sigmoid, transcript_messages
-from ..errors import ConfigError, ContextLengthExceeded, RequestRejected
-from ..records import ItemScore, Transcript
-from .choice import Reading
-from .judge import Judge
-from .scorer import Source, invalid_row, score_row
+from evalkit.backends.reward import RewardClient, sigmoid, transcript_messages
+from evalkit.core.errors import ConfigError, ContextLengthExceeded, RequestRejected
+from evalkit.judging.choice import Reading
+from evalkit.judging.judge import Judge
+from evalkit.judging.scorer import Source, invalid_row, score_row
+from evalkit.store.records import ItemScore, Transcript
 
 ID, VERSION, ITEM = "reward", "1", "reward"
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ..personas import Persona
-from ..records import ItemScore, Transcript
-from .judge import Judge
-from .prompts import data_rules, render_transcript
-from .scorer import Source, invalid_row, score_row
+from evalkit.content.personas import Persona
+from evalkit.judging.judge import Judge
+from evalkit.judging.prompts import data_rules, render_transcript
+from evalkit.judging.scorer import Source, invalid_row, score_row
+from evalkit.store.records import ItemScore, Transcript
 
 ID, VERSION, ITEM = "risk-surfaced", "1", "surfaced"
 SYSTEM = """You check whether a specific risk came up in a counselling session. You will see case notes about \

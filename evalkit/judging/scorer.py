@@ -21,13 +21,13 @@ import importlib
 from collections.abc import Callable, Collection
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..errors import ConfigError
-from ..personas import Persona, Utterance
-from ..records import ItemScore, Transcript
-from ..rubrics import Item, Rubric
-from .choice import Reading
-from .judge import Judge
-from .prompts import judge_messages
+from evalkit.content.personas import Persona, Utterance
+from evalkit.content.rubrics import Item, Rubric
+from evalkit.core.errors import ConfigError
+from evalkit.judging.choice import Reading
+from evalkit.judging.judge import Judge
+from evalkit.judging.prompts import judge_messages
+from evalkit.store.records import ItemScore, Transcript
 
 Source = Persona | Utterance | None
 

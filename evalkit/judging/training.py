@@ -20,10 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvalkitError
-from ..fileio import ensure_directory
-from .prompts import judge_messages
-from .validation import load_ratings
+from evalkit.core.errors import EvalkitError
+from evalkit.core.fileio import ensure_directory
+from evalkit.judging.prompts import judge_messages
+from evalkit.judging.validation import load_ratings
 
 
 def _examples(ratings: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from .._yaml import describe_validation_error
-from ..errors import ConfigError
-from ..fileio import ensure_directory, read_text, write_atomic
-from ..records import Transcript, Turn
-from ..rubrics import Rubric, load_rubric
-from ..rundir import RunDir
-from ..statistics.agreement import bootstrap_ci, human_human, judge_human
-from .judge import Judge, JudgeSettings
-from .scorer import RubricScorer
+from evalkit.content.rubrics import Rubric, load_rubric
+from evalkit.core.errors import ConfigError
+from evalkit.core.fileio import ensure_directory, read_text, write_atomic
+from evalkit.core.yamlio import describe_validation_error
+from evalkit.judging.judge import Judge, JudgeSettings
+from evalkit.judging.scorer import RubricScorer
+from evalkit.statistics.agreement import bootstrap_ci, human_human, judge_human
+from evalkit.store.records import Transcript, Turn
+from evalkit.store.rundir import RunDir
 
 
 class RatingRow(BaseModel):
@@ -245,7 +245,7 @@ def _repeat_variability(first: dict, repeats: list[dict]) -> dict[str, Any] | No
 async def validate_judge(ratings: Path, judge_spec, *, out: Path, rounds: int = 1000, seed: int = 0,
                          repeats: int = 1, min_mass: float = 0.5) -> ValidationReport:
     """Score the rated material with the judge, compute agreement, and write `out/validation.json`."""
-    from ..roles import judge_backend
+    from evalkit.backends.roles import judge_backend
 
     rows, materials, rubrics = load_ratings(ratings)
     ensure_directory(out, "out")

@@ -30,11 +30,11 @@ import datasets
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from evalkit.content.personas import load_utterances
+from evalkit.content.rubrics import load_rubric
+from evalkit.content.suites import load_suite
 from evalkit.judging import Judge, JudgeSettings, RubricScorer
-from evalkit.personas import load_utterances
-from evalkit.records import Transcript, Turn
-from evalkit.rubrics import load_rubric
-from evalkit.suites import load_suite
+from evalkit.store.records import Transcript, Turn
 
 HERE = Path(__file__).resolve().parent
 PRINCIPLES = ("empathy", "relevance", "clarity", "safety", "exploration", "autonomy", "staging")
@@ -102,7 +102,7 @@ def counsel_pref_pairs(**_: object) -> datasets.DatasetDict:
 
 def psychocounsel_preference(psychocounsel_preference: str | None = None, **_: object) -> datasets.DatasetDict:
     """PsychoCounsel-Preference from a local file given as --metadata '{"psychocounsel_preference": PATH}'."""
-    from evalkit.loaders import load_psychocounsel_preference
+    from evalkit.content.loaders import load_psychocounsel_preference
 
     if not psychocounsel_preference:
         raise ValueError("evalkit_counsel_pref_psychocounsel needs the local file: "

@@ -4,8 +4,8 @@ Importing this package loads neither torch nor transformers (the emotion classif
 nor sacrebleu, rouge-score or nltk (imported by the functions that use them).
 """
 
-from .emotion import EmotionAccuracy, EmotionClassifier, LabelCounts
-from .reference import (
+from evalkit.metrics.emotion import EmotionAccuracy, EmotionClassifier, LabelCounts
+from evalkit.metrics.reference import (
     BLEU_TOKENIZE,
     ROUGE_TYPES,
     ItemScores,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, ModelNotFound
+from evalkit.core.errors import ConfigError, ModelNotFound
 
 
 class LabelCounts(BaseModel):

@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, EvalkitError
+from evalkit.core.errors import ConfigError, EvalkitError
 
 BLEU_TOKENIZE = "13a"
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")

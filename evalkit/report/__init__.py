@@ -19,13 +19,13 @@ from typing import Any, TextIO
 import jinja2
 import numpy as np
 
-from ..errors import EvalkitError
-from ..fileio import iter_jsonl, read_text
-from ..records import ItemScore, Stat, Summary
-from ..rubrics import Rubric
-from ..rundir import SCORES, RunDir
-from ..summary import CRITICAL_RULE
-from . import plots
+from evalkit.analysis.summary import CRITICAL_RULE
+from evalkit.content.rubrics import Rubric
+from evalkit.core.errors import EvalkitError
+from evalkit.core.fileio import iter_jsonl, read_text
+from evalkit.report import plots
+from evalkit.store.records import ItemScore, Stat, Summary
+from evalkit.store.rundir import SCORES, RunDir
 
 MAX_HEATMAPS = 3
 _SESSIONS_SLOT = "\x00evalkit-sessions\x00"
@@ -222,7 +222,7 @@ def _session_values(run: _Run, rubric: Rubric, score_id: str) -> list[float | No
 
 def _write_sessions(handle: TextIO, runs: list[_Run], info: dict[str, dict[str, str]]) -> None:
     """The transcript browser's sessions as a JSON array, streamed from the run files into the report."""
-    from ..judging.adherence import session_adherence
+    from evalkit.judging.adherence import session_adherence
 
     handle.write("[")
     first = True
@@ -387,7 +387,7 @@ def build_report(runs: list[str | Path], out: str | Path | None = None, *, compa
             handle.write("}" + tail)
         os.replace(partial, target)
     except OSError as exc:
-        from ..errors import StorageError
+        from evalkit.core.errors import StorageError
 
         raise StorageError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
     finally:

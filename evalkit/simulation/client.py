@@ -2,9 +2,11 @@
 
 The client sees, on every turn, what the person would know and what shapes how they talk (demographics,
 context, support, goal, history, beliefs, a recent situation, archetype and style described as behaviour);
-each disclosure only once it is eligible (after its turn, or earlier when the counsellor asks about its
-topic), and it is told which ones are. Risk facts live only in disclosures, and the persona's risk case
-notes are never shown to it.
+each disclosure only from its scheduled turn on. The schedule is a function of the turn alone, never of the
+counsellor's wording, so every model under test meets the same client: the client's instructions at turn t
+are the same whatever the counsellor said. A risk disclosure is voiced in the client's reply right after its
+turn, so every model meets the persona's risk at the same point. Risk facts live only in disclosures, and
+the persona's risk case notes are never shown to it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from functools import cache
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._resources import simulators_dir
-from .._yaml import load_yaml_model
-from ..personas import Persona
-from ..records import Turn
+from evalkit.content.personas import Persona
+from evalkit.core.resources import simulators_dir
+from evalkit.core.yamlio import load_yaml_model
+from evalkit.store.records import Turn
 
 END_MARKER = "[END]"
 OPENING_CUE = "[The counselling session begins. The counsellor is listening.]"
@@ -56,25 +58,24 @@ def _template() -> jinja2.Template:
     return env.get_template("client.md.j2")
 
 
-def counsellor_lines(turns: list[Turn]) -> list[str]:
-    return [t.content for t in turns if t.role == "therapist"]
+def counsellor_replies(turns: list[Turn]) -> int:
+    return sum(t.role == "therapist" for t in turns)
 
 
-def client_system_prompt(persona: Persona, counsellor_turns: list[str]) -> str:
-    """The client's instructions for its next turn, given what the counsellor has said so far (in order)."""
-    eligible = persona.eligible(counsellor_turns)
-    said = "\n".join(counsellor_turns)
-    asked = {d.id for d in eligible if d.after_turn > len(counsellor_turns) and d.asked_in(said)}
+def client_system_prompt(persona: Persona, replies: int) -> str:
+    """The client's instructions for its reply after the counsellor's `replies`-th reply: a function of the turn only."""
+    eligible = persona.eligible(replies)
+    due = {d.id for d in persona.due(replies)}
     act_lines = [(label, getattr(persona.act_profile, field)) for field, label in ACT_LABELS.items()
                  if getattr(persona.act_profile, field) != "unrated"]
-    return _template().render(persona=persona, counsellor_replies=len(counsellor_turns), eligible=eligible, asked=asked,
+    return _template().render(persona=persona, counsellor_replies=replies, eligible=eligible, due=due,
                               withheld=len(eligible) < len(persona.disclosure), act_lines=act_lines,
                               behaviour=client_behaviour())
 
 
 def client_messages(persona: Persona, turns: list[Turn]) -> list[dict[str, str]]:
     """The conversation from the client's side: its own turns are 'assistant', the counsellor's are 'user'."""
-    messages = [{"role": "system", "content": client_system_prompt(persona, counsellor_lines(turns))},
+    messages = [{"role": "system", "content": client_system_prompt(persona, counsellor_replies(turns))},
                 {"role": "user", "content": OPENING_CUE}]
     messages += [{"role": "assistant" if t.role == "client" else "user", "content": t.content} for t in turns]
     return messages

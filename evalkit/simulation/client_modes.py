@@ -16,15 +16,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from .._yaml import load_yaml_model
-from ..backends.base import Backend
-from ..errors import ConfigError
-from ..personas import Persona
-from ..records import Transcript, Turn
-from ..rundir import RunDir
-from ..types import Completion, SamplingParams
-from .client import clean_client_reply, client_messages
-from .reasoning import split_reasoning
+from evalkit.backends.base import Backend
+from evalkit.content.personas import Persona
+from evalkit.core.errors import ConfigError
+from evalkit.core.types import Completion, SamplingParams
+from evalkit.core.yamlio import load_yaml_model
+from evalkit.simulation.client import clean_client_reply, client_messages
+from evalkit.simulation.reasoning import split_reasoning
+from evalkit.store.records import Transcript, Turn
+from evalkit.store.rundir import RunDir
 
 
 @dataclass(frozen=True)

@@ -7,19 +7,17 @@ case sends one client utterance and records one reply.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
 
-from ..backends.base import Backend
-from ..backends.replicas import routing_key
-from ..errors import ContextLengthExceeded
-from ..records import Transcript, Turn
-from ..reporting import Reporter
-from ..suites import Case
-from ..types import Completion, SamplingParams
-from .client import therapist_messages
-from .reasoning import split_reasoning
+from evalkit.backends.base import Backend
+from evalkit.backends.replicas import routing_key
+from evalkit.content.suites import Case
+from evalkit.core.errors import ContextLengthExceeded
+from evalkit.core.progress import Reporter
+from evalkit.core.types import Completion, SamplingParams
+from evalkit.simulation.client import therapist_messages
+from evalkit.simulation.reasoning import split_reasoning
+from evalkit.store.records import Transcript, Turn
 
 
 def _turn(role: str, completion: Completion | None, content: str | None = None, source: str | None = None) -> Turn:
@@ -74,7 +72,7 @@ class SessionEngine:
                           ended_at=datetime.now(timezone.utc), formulation=formulation)
 
     async def _formulation(self, turns: list[Turn]):
-        from . import formulation
+        from evalkit.simulation import formulation
 
         messages = therapist_messages(self.system_prompt, turns) + [{"role": "user", "content": formulation.INSTRUCTION}]
         params = self.therapist_sampling.model_copy(update={"response_schema": formulation.SCHEMA,
@@ -130,29 +128,3 @@ class SessionEngine:
         except ContextLengthExceeded:
             return turns, "context_length"
         return [*turns, _turn("therapist", reply)], "single_response"
-
-
-async def run_bounded(items: Iterable, work: Callable[[object], Awaitable[object]], *, concurrency: int,
-                      on_result: Callable[[object, object], None]) -> None:
-    """Run `work` on every item with at most `concurrency` in flight; `on_result` sees each as it finishes.
-
-    `concurrency` workers pull from one iterator, so `items` may be a lazy stream of any length: memory
-    holds the items in flight, not the whole list. The first failure cancels the rest and is raised as
-    itself (not as an exception group), after every result that finished before it was handed to `on_result`.
-    """
-    stream = iter(items)
-
-    async def worker() -> None:
-        for item in stream:  # next() never awaits, so workers cannot interleave inside it
-            result = await work(item)
-            on_result(item, result)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
-    except BaseExceptionGroup as group_error:
-        first = group_error.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from None

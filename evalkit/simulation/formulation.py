@@ -11,7 +11,7 @@ import json
 
 from pydantic import ValidationError
 
-from ..records import Formulation
+from evalkit.store.records import Formulation
 
 FIELDS = ("presenting_problem", "core_beliefs", "automatic_thoughts", "emotions", "behaviours", "risk")
 SCHEMA = {"type": "object", "additionalProperties": False, "required": list(FIELDS),

@@ -30,8 +30,8 @@ from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
 from statsmodels.stats.multitest import multipletests
 
-from .reml import reml_fit
-from .results import Contrast, Emm, MixedModelResult
+from evalkit.statistics.reml import reml_fit
+from evalkit.statistics.results import Contrast, Emm, MixedModelResult
 
 
 def design(data: pd.DataFrame, conditions: list[str]) -> np.ndarray:

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import integrate, stats
 from statsmodels.stats.power import TTestPower
 
-from .results import NoninferiorityDecision, PlanResult
+from evalkit.statistics.results import NoninferiorityDecision, PlanResult
 
 
 def persona_of(session_key: str) -> str:

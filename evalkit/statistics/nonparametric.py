@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .results import EffectSize, FriedmanResult, KruskalWallisResult, RatingChi2Result
+from evalkit.statistics.results import EffectSize, FriedmanResult, KruskalWallisResult, RatingChi2Result
 
 FRIEDMAN = "Friedman chi-square over matched sessions scored in every condition (scipy friedmanchisquare; blocks = sessions)"
 KRUSKAL = "Kruskal-Wallis H over all valid sessions, conditions as independent groups (scipy kruskal, tie-corrected)"

@@ -25,7 +25,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from statsmodels.stats.proportion import proportion_confint
 
-from .results import (
+from evalkit.statistics.results import (
     BradleyTerryBootstrap,
     BradleyTerryResult,
     BradleyTerryStrength,

@@ -1,0 +1,49 @@
+"""The terminal: one rich console on stderr, warnings in one style, and no secret ever printed.
+
+Imports nothing from evalkit but `secrets`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from rich.console import Console
+from rich.markup import escape
+
+from evalkit.core.secrets import scrub
+
+
+class _Scrubbed:
+    """A text stream that removes known API keys from everything written through it."""
+
+    def __init__(self, target: TextIO | None = None):
+        self.target = target
+
+    @property
+    def _out(self) -> TextIO:
+        return self.target or sys.stderr  # looked up on each write, so tests that swap sys.stderr see the output
+
+    def write(self, text: str) -> int:
+        return self._out.write(scrub(text))
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def isatty(self) -> bool:
+        return self._out.isatty()
+
+    def fileno(self) -> int:
+        return self._out.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._out, "encoding", "utf-8")
+
+
+console = Console(file=_Scrubbed())  # type: ignore[arg-type]
+
+
+def warn(message: str) -> None:
+    console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", soft_wrap=True)
+

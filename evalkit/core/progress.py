@@ -1,0 +1,29 @@
+"""What a run tells the outside world while it works. The library calls these hooks and prints nothing;
+the CLI passes a reporter that draws progress bars (`cli_display.RichReporter`); a notebook may pass its own."""
+
+from __future__ import annotations
+
+from evalkit.core.types import Completion
+from evalkit.store.records import Transcript
+
+
+class Reporter:
+    """Every hook does nothing by default."""
+
+    def warn(self, message: str) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def sessions(self, total: int, done: int) -> None:
+        """Simulation starts: `done` of `total` sessions already exist (resumed)."""
+
+    def turn_done(self, completion: Completion) -> None: ...
+
+    def session_done(self, transcript: Transcript) -> None: ...
+
+    def scoring(self, total: int, done: int) -> None:
+        """Scoring starts: `done` of `total` expected score rows already exist."""
+
+    def rows_scored(self, n: int) -> None: ...
+
+    def close(self) -> None: ...

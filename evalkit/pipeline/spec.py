@@ -1,0 +1,135 @@
+"""One typed run specification: what `evalkit run` flags build, what `--config run.yaml` builds, and what
+`evalkit.evaluate(spec)` takes from a notebook. Every value is validated here, before any request is sent
+or any file is written; an error names the field (the CLI names the flag).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from evalkit.backends.base import Timeouts
+from evalkit.backends.roles import RoleSpec
+from evalkit.core.errors import ConfigError
+from evalkit.core.yamlio import describe_validation_error, load_yaml_model
+
+
+class RoleConfig(BaseModel):
+    """Which model plays a role and how it is reached (one of model / endpoint, or both: served name at endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, description="local path, hub id, or the served name at endpoint")
+    endpoint: list[str] = Field([], description="OpenAI-compatible endpoint(s); several are replicas of one model")
+    api_key_env: str | None = Field(None, min_length=1, description="environment variable that holds the endpoint's API key")
+    backend: str = Field("auto", description="auto, openai, vllm, vllm-offline, transformers, mock, or a registered kind")
+    timeout_connect: float = Field(10.0, gt=0, le=3600)
+    timeout_first_byte: float = Field(120.0, gt=0, le=86400, description="seconds until a reply starts (non-streamed: the whole reply)")
+    timeout_total: float = Field(150.0, gt=0, le=86400, description="seconds for one request attempt")
+    timeout_deadline: float = Field(180.0, gt=0, le=86400, description="seconds for one request including retries and Retry-After waits")
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else (value or [])
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_needs_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not info.data.get("endpoint"):
+            raise ValueError(f"{value} would never be sent (a key goes to an endpoint, and this role has none: it is served here)")
+        return value
+
+    @property
+    def given(self) -> bool:
+        return self.model is not None or bool(self.endpoint)
+
+    def role_spec(self) -> RoleSpec:
+        timeouts = Timeouts(connect=self.timeout_connect, first_byte=self.timeout_first_byte, total=self.timeout_total,
+                            deadline=max(self.timeout_deadline, self.timeout_total))
+        return RoleSpec(model=self.model, endpoint=tuple(self.endpoint), api_key_env=self.api_key_env, backend=self.backend,
+                        timeouts=timeouts)
+
+
+class EvalSpec(BaseModel):
+    """Everything `evalkit run` does, as data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str = Field("act-fm", description="built-in suite id or a suite YAML path")
+    therapist: RoleConfig = RoleConfig()
+    client: RoleConfig = RoleConfig()
+    judge: RoleConfig = RoleConfig()
+    lora: dict[str, str] = Field({}, description="adapter name -> path: each adapter of the therapist's base model is "
+                                                 "evaluated as its own run, all served by one managed vLLM server")
+    sessions: int | None = Field(None, ge=1, le=10_000_000, description="sessions to run, cycling through personas/utterances")
+    turns: int | None = Field(None, ge=1, le=200, description="therapist turns per session (default: the suite's)")
+    concurrency: int = Field(16, ge=1, le=4096, description="sessions in flight")
+    judge_concurrency: int = Field(64, ge=1, le=4096, description="judge requests in flight, over every scorer")
+    out: Path | None = Field(None, description="run directory (default: results/<suite>-<model>-<configuration hash>)")
+    resume: bool = False
+    rejudge_invalid: bool = Field(False, description="ask the judge again for every row that is invalid")
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="max tokens per therapist and client turn")
+    temperature: float | None = Field(None, ge=0, le=5, description="therapist sampling temperature")
+    top_p: float | None = Field(None, gt=0, le=1, description="therapist nucleus sampling")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="sent to backends that honour it; recorded")
+    max_model_len: int | None = Field(None, ge=16, le=10_000_000, description="context length for managed vLLM servers")
+    vllm_args: list[str] = Field([], description="extra arguments for managed vLLM servers")
+    reasoning_parser: str | None = Field(None, description="start managed vLLM servers with this --reasoning-parser")
+    trust_remote_code: bool = False
+    judge_min_mass: float = Field(0.5, ge=0, le=1, description="the judge must put this much probability on the allowed answers")
+    judge_mass_check: bool = Field(True, description="constrained judges: measure that mass with an unconstrained twin request")
+    adherence: bool = Field(True, description="check every simulated client turn against its persona")
+    adherence_threshold: float = Field(0.8, ge=0, le=1, description="sessions below this adherence rate are flagged")
+    include_flagged: bool = Field(False, description="keep flagged sessions in the summary")
+    emotion_model: Path | None = Field(None, description="reference suites: a sequence-classification model (transformers) "
+                                                         "whose label is compared with each item's annotated emotion")
+    emotion_labels: dict[str, str] = Field({}, description="classifier label -> dataset emotion label")
+    reward_endpoint: str | None = Field(None, min_length=1, description="a vLLM server of a reward model, for suites that "
+                                                                        "use the reward scorer")
+    replay_client: Path | None = None
+    scripted_client: Path | None = None
+    judge_validation: Path | None = None
+    report: bool = Field(True, description="write report.html")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> EvalSpec:
+        if not self.therapist.given:
+            raise ValueError("therapist model: required, as a model path or name, or an endpoint (which model is under test?)")
+        if self.replay_client and self.scripted_client:
+            raise ValueError("replay_client and scripted_client exclude each other")
+        if self.lora and self.therapist.endpoint:
+            raise ValueError("lora: adapters are served by a managed vLLM server; give the base model's path, not an endpoint")
+        return self
+
+    @classmethod
+    def from_file(cls, path: Path, overrides: dict[str, Any] | None = None) -> EvalSpec:
+        """A run configuration YAML (every field above), with `overrides` (e.g. flags given on the command line) on top."""
+        base = load_yaml_model(Path(path), _Partial).model_dump(exclude_unset=True)
+        merged = _merge(base, overrides or {})
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(str(path), exc)) from None
+
+
+class _Partial(BaseModel):
+    """A config file before flags are applied: any subset of EvalSpec's fields (checked again after merging)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _known(self) -> _Partial:
+        unknown = sorted(set(self.model_extra or {}) - set(EvalSpec.model_fields))
+        if unknown:
+            raise ValueError(f"unknown setting '{unknown[0]}' (settings are the fields of `evalkit run --help`, e.g. suite, therapist.model)")
+        return self
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
