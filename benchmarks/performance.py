@@ -43,7 +43,7 @@ from evalkit.core.concurrency import run_bounded
 from evalkit.core.progress import Reporter
 from evalkit.judging import Judge, JudgeSettings
 from evalkit.models.tiny import build_tiny_model
-from evalkit.pipeline.runner import ScoringPlan, score
+from evalkit.pipeline.stages import ScoringPlan, score
 from evalkit.simulation.client_modes import SimulatedClient
 from evalkit.simulation.engine import SessionEngine
 from evalkit.store.rundir import RunDir

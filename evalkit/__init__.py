@@ -14,10 +14,11 @@ from evalkit.core.errors import EvalkitError
 from evalkit.core.version import __version__
 
 _LAZY = {
-    "EvalSpec": "evalkit.pipeline.spec", "RoleSpec": "evalkit.backends.roles", "RunResult": "evalkit.pipeline.runner",
-    "run": "evalkit.pipeline.runner", "run_async": "evalkit.pipeline.runner", "rescore": "evalkit.pipeline.runner", "rescore_async": "evalkit.pipeline.runner",
-    "compare": "evalkit.analysis.compare", "compare_async": "evalkit.analysis.compare", "gate": "evalkit.analysis.gate", "gate_async": "evalkit.analysis.gate",
-    "evaluate": "evalkit.pipeline.runner", "evaluate_many": "evalkit.pipeline.runner",
+    "EvalSpec": "evalkit.pipeline.spec", "RoleConfig": "evalkit.backends.roles", "RunResult": "evalkit.pipeline.evaluate",
+    "evaluate": "evalkit.pipeline.evaluate", "evaluate_many": "evalkit.pipeline.evaluate",
+    "run": "evalkit.pipeline.api", "run_async": "evalkit.pipeline.api", "rescore": "evalkit.pipeline.api",
+    "rescore_async": "evalkit.pipeline.api", "compare": "evalkit.pipeline.api", "compare_async": "evalkit.pipeline.api",
+    "gate": "evalkit.pipeline.api", "gate_async": "evalkit.pipeline.api",
     "load_runs": "evalkit.analysis.tables", "RunDir": "evalkit.store.rundir",
     "load_rubric": "evalkit.content.rubrics", "load_suite": "evalkit.content.suites", "available_suites": "evalkit.content.suites",
     "register_backend": "evalkit.backends.base", "register_scorer": "evalkit.judging.scorer",
@@ -36,15 +37,14 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     # ruff: noqa: F401 - names for type checkers; at run time they are loaded by __getattr__
-    from evalkit.analysis.compare import compare, compare_async
-    from evalkit.analysis.gate import gate, gate_async
     from evalkit.analysis.tables import load_runs
     from evalkit.backends.base import register_backend
     from evalkit.backends.mock import MockBackend
-    from evalkit.backends.roles import RoleSpec
+    from evalkit.backends.roles import RoleConfig
     from evalkit.content.rubrics import load_rubric
     from evalkit.content.suites import available_suites, load_suite
     from evalkit.judging.scorer import register_scorer
-    from evalkit.pipeline.runner import RunResult, evaluate, evaluate_many, rescore, rescore_async, run, run_async
+    from evalkit.pipeline.api import compare, compare_async, gate, gate_async, rescore, rescore_async, run, run_async
+    from evalkit.pipeline.evaluate import RunResult, evaluate, evaluate_many
     from evalkit.pipeline.spec import EvalSpec
     from evalkit.store.rundir import RunDir

@@ -15,8 +15,8 @@ import numpy as np
 
 from evalkit.content.suites import load_suite
 from evalkit.judging import JudgeSettings
-from evalkit.pipeline.runner import ScoringPlan, summarise_run
-from evalkit.store.records import ContentRef, ItemScore, Manifest, RoleRecord, RunConfig, Transcript, Turn
+from evalkit.pipeline.stages import ScoringPlan, summarise_run
+from evalkit.store.records import ContentRef, Inclusion, ItemScore, Manifest, RoleRecord, RunConfig, Transcript, Turn
 from evalkit.store.rundir import RunDir
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -100,5 +100,5 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
                                       item="surfaced", valid=True, expected=surfaced, judge=judge))
             store.append_scores(rows)
     plan = ScoringPlan.of(loaded, JudgeSettings(adherence_threshold=None), simulated_client=False)
-    summarise_run(store, plan, JudgeSettings(adherence_threshold=None), include_flagged=False)
+    summarise_run(store, plan, JudgeSettings(adherence_threshold=None), Inclusion())
     return directory

@@ -141,10 +141,11 @@ def disk_full(tmp_path_factory):
         assert size["scores.jsonl"] >= 2 and size["report.html"] >= 4, size
         clean_rows = latest(clean)
         shutil.rmtree(clean)
-        wanted = {"inputs": 2,  # suite.json fits, rubrics.json does not
-                  "transcripts": inputs + size["manifest.json"],
-                  "scores": inputs + size["manifest.json"] + size["transcripts.jsonl"] + 1,
-                  "report": inputs + sum(v for k, v in size.items() if k != "report.html") + 2}
+        lock = 1  # the writer lock's holder record, written before anything else
+        wanted = {"inputs": lock + 2,  # suite.json fits, rubrics.json does not
+                  "transcripts": lock + inputs + size["manifest.json"],
+                  "scores": lock + inputs + size["manifest.json"] + size["transcripts.jsonl"] + 1,
+                  "report": lock + inputs + sum(v for k, v in size.items() if k != "report.html") + 2}
         facts = {}
         for cut in CUTS:
             out = root / f"run-{cut}"

@@ -226,7 +226,7 @@ def _mock_run(tmp_path, name: str, reply: str, **kwargs):
 
 def test_reward_model_scores_every_response_of_a_run_and_rescore_reads_it_again(reward_endpoint, transformers_reward, tmp_path):
     from evalkit.backends.mock import MockBackend
-    from evalkit.pipeline.runner import rescore
+    from evalkit.pipeline.api import rescore
     from evalkit.store.rundir import RunDir
 
     result = _mock_run(tmp_path, "rewarded", "That sounds heavy. What has it been like for you?",

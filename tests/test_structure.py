@@ -1,5 +1,5 @@
-"""The shape of the package: layers that import downwards only, a light `import evalkit`, and extension points
-(backends, scorers) that a user fills without editing evalkit."""
+"""The shape of the package: stage packages that import down the pipeline only, no circles, a light
+`import evalkit`, and extension points (backends, scorers) that a user fills without editing evalkit."""
 
 from __future__ import annotations
 
@@ -15,21 +15,48 @@ import evalkit
 PACKAGE = Path(evalkit.__file__).parent
 HEAVY = ("statsmodels", "torch", "vllm", "transformers", "pandas", "scipy", "matplotlib", "sklearn")
 
+# The stages in the order data flows through them. A module may import its own stage and the stages listed
+# before it, never a later one; stages on one line are peers that must not import each other.
+STAGES = [
+    ["core"],                       # values, errors, files, terminal plumbing
+    ["content"],                    # personas, rubrics, suites, references, vignettes
+    ["store"],                      # what lands on disk: records and the run directory
+    ["backends", "models"],         # model APIs; local models the tests and demo build
+    ["simulation"],                 # sessions between the therapist and the simulated client
+    ["metrics", "statistics"],      # reference metrics; statistics (pure numerical code)
+    ["judging"],                    # scorers
+    ["analysis"],                   # summary, session views, tables, compare, gate, plan
+    ["report"],                     # the HTML report
+    ["pipeline", "lm_eval_tasks"],  # run, rescore, the commands' Python API; the lm-eval plug-in
+    ["cli"],                        # option parsing and printing
+]
+RANK = {stage: rank for rank, names in enumerate(STAGES) for stage in names}
+
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """evalkit module -> evalkit modules it imports at module level (imports inside functions are lazy on purpose)."""
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "evalkit"
+
+
+def import_graph(*, lazy: bool = True) -> dict[str, set[str]]:
+    """evalkit module -> evalkit modules it imports: at module level and, with `lazy`, inside functions too
+    (a lazy import is still a dependency; only TYPE_CHECKING blocks are left out)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         name = _module_name(path)
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+                for n in ast.walk(node)}
+        nodes = ast.walk(tree) if lazy else iter(tree.body)
         edges = set()
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+        for node in nodes:
+            if id(node) in skip:
                 continue
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name.startswith("evalkit")}
@@ -70,20 +97,48 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_cycle_between_evalkit_modules():
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that point against the flow: into a later stage, or sideways into a peer stage."""
+    bad = []
+    for module, edges in graph.items():
+        mine = stage_of(module)
+        for target in edges:
+            theirs = stage_of(target)
+            if mine in ("evalkit", "__main__") or theirs == mine:
+                continue  # the package facade re-exports the public API; a stage may import itself
+            if theirs == "evalkit" or RANK[theirs] >= RANK[mine]:
+                bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
+def test_every_module_lives_in_a_stage_package():
     graph = import_graph()
-    assert len(graph) > 40
+    assert len(graph) > 60
+    loose = sorted(m for m in graph if stage_of(m) not in RANK and m not in ("evalkit", "evalkit.__main__"))
+    assert loose == [], "modules outside a stage package"
+
+
+def test_every_import_points_down_the_pipeline():
+    assert upward_arrows(import_graph()) == []
+
+
+def test_no_import_cycle_between_evalkit_modules_lazy_imports_included():
+    graph = import_graph()
     # A package __init__ that re-exports its submodules is not a cycle with them.
     acyclic = {m: {e for e in edges if not (m.startswith(e + ".") and e in graph)} for m, edges in graph.items()}
     assert find_cycle(acyclic) is None, " -> ".join(find_cycle(acyclic) or [])
 
 
-def test_the_cycle_finder_finds_a_cycle():
+def test_the_checks_find_a_cycle_and_an_upward_arrow():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert upward_arrows({"evalkit.store.rundir": {"evalkit.analysis.summary", "evalkit.core.fileio"}}) == [
+        "evalkit.store.rundir -> evalkit.analysis.summary"]
+    assert upward_arrows({"evalkit.metrics.reference": {"evalkit.statistics.winrate"}}) == [
+        "evalkit.metrics.reference -> evalkit.statistics.winrate"]
 
 
-def test_types_and_errors_import_nothing_from_evalkit_but_each_other():
+def test_core_imports_nothing_above_it():
     graph = import_graph()
     assert graph["evalkit.core.types"] == set()
     assert graph["evalkit.core.errors"] == set()

@@ -48,13 +48,31 @@ def _rows(session, rubric, values):
                       reason=None if v is not None else "planted", judge="j") for item, v in values.items()]
 
 
+def _views(rubric, scores, applies_to="all"):
+    """Session views (the one view every reader uses) of sessions with these rows."""
+    from datetime import datetime, timezone
+
+    from evalkit.analysis.sessions import view_of
+    from evalkit.store.records import Inclusion, Transcript
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    views = []
+    for session, rows in scores.items():
+        persona, replicate = session.split("#")
+        transcript = Transcript(session_id=session, suite="t", unit="session", source_id=persona, replicate=int(replicate),
+                                turns=[], stop_reason="max_turns", started_at=now, ended_at=now)
+        views.append(view_of(transcript, rows, [rubric], None, inclusion=Inclusion(), threshold=None,
+                             risk_only=frozenset({rubric.id}) if applies_to == "risk" else frozenset()))
+    return views
+
+
 def test_invalid_scores_are_counted_not_zeroed():
     rubric = load_rubric("tes")
     good = {i.id: 4.0 for i in rubric.items}
     bad = {**good, "warmth": None}
     scores = {"p1#0": _rows("p1#0", rubric, good), "p2#0": _rows("p2#0", rubric, bad),
               "p3#0": _rows("p3#0", rubric, {i: 6.0 for i in good})}
-    summary = summarise_rubric(rubric, scores, {s: s.split("#")[0] for s in scores})
+    summary = summarise_rubric(rubric, _views(rubric, scores))
     warmth = summary.items["warmth"]
     assert (warmth.n, warmth.n_invalid, warmth.mean) == (2, 1, 5.0)
     total = summary.composites["total"]
@@ -99,7 +117,7 @@ def test_critical_failure_share_with_wilson_interval():
                      "g#0": {"asks": 0.1, "no_harm": 0.1, "stays": 0.0}})  # surfaced check invalid: not counted either
     surfaced = {**{s: 0.9 for s in "abcde"}, "f": 0.1, "g": None}
     scores = {s: _rows(s, rubric, v) + [surfaced_row(s, surfaced[s[0]])] for s, v in sessions.items()}
-    critical = summarise_rubric(rubric, scores, {s: s for s in scores}, applies_to="risk").critical_failures
+    critical = summarise_rubric(rubric, _views(rubric, scores, "risk"), applies_to="risk").critical_failures
     assert (critical.sessions, critical.with_failure, critical.n_invalid) == (4, 2, 1)
     assert (critical.risk_sessions, critical.surfaced, critical.not_surfaced, critical.surfaced_unknown) == (7, 5, 1, 1)
     # Wilson (1927) score interval for 2/4, by hand.

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from evalkit.analysis.runs import Run, incompatibilities, load_run, metric_better, rubrics_of, session_table
-from evalkit.backends.roles import RoleSpec, judge_backend
+from evalkit.analysis.runs import Run, incompatibilities, load_run, metric_better, metric_rows, rubrics_of
+from evalkit.backends.roles import RoleConfig, RoleSpec, judge_backend
 from evalkit.core.concurrency import run_bounded
 from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.fileio import ensure_directory, write_atomic, write_table
@@ -145,7 +145,7 @@ def _lengths(run: Run) -> dict[str, int]:
     return {t.key: sum(len(x.content) for x in t.turns if x.role == "therapist") for t in run.transcripts.values()}
 
 
-async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleSpec | None, reward_endpoint: str | None,
+async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleConfig | RoleSpec | None, reward_endpoint: str | None,
                     sessions: set[str], out_dir: Path, concurrency: int) -> PairwiseJudgement:
     from evalkit.judging import Judge, JudgeSettings
 
@@ -202,11 +202,13 @@ async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleSpec | None,
 
 
 async def compare_async(runs: list[str | Path], *, baseline: str | Path | None = None, metrics: list[str] | None = None,
-                        matched: bool = False, include_flagged: bool = False, out: str | Path | None = None,
-                        pairwise_judge: RoleSpec | None = None, pairwise_reward_endpoint: str | None = None,
-                        bootstrap_rounds: int = 1000, seed: int = 0, concurrency: int = 32,
-                        report: bool = True) -> tuple[Comparison, Path]:
-    """Compare stored runs (conditions); with `baseline`, also win rates of every other run against it."""
+                        matched: bool = False, include_flagged: bool | None = None, out: str | Path | None = None,
+                        pairwise_judge: RoleConfig | RoleSpec | None = None, pairwise_reward_endpoint: str | None = None,
+                        bootstrap_rounds: int = 1000, seed: int = 0, concurrency: int = 32) -> tuple[Comparison, Path]:
+    """Compare stored runs (conditions); with `baseline`, also win rates of every other run against it.
+
+    `include_flagged`: None follows each run's recorded inclusion policy. Writes comparison.json and its tables.
+    """
     paths = [Path(r) for r in runs]
     if baseline is not None and Path(baseline) not in paths:
         paths.append(Path(baseline))
@@ -219,18 +221,18 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
     out_dir = Path(out) if out else paths[0].parent / f"comparison-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if out_dir.exists() and not out_dir.is_dir():  # before minutes of analysis, not after
         raise ConfigError(f"out {out_dir}: is a file, not a directory")
-    loaded = [load_run(p) for p in paths]
+    loaded = [load_run(p, include_flagged=include_flagged) for p in paths]
     problems = incompatibilities(loaded)
     if problems:
         raise EvalkitError(f"runs are not comparable: {'; '.join(problems)}")
     conditions = [r.name for r in loaded]
     base_name = Path(baseline).name if baseline is not None else None
     rubrics = rubrics_of(loaded)
-    table = session_table(loaded, rubrics, include_flagged=include_flagged)
+    table = metric_rows(loaded)
     if table.empty:
-        flagged = sum(len(r.flagged) for r in loaded)
+        flagged = sum(r.excluded.get("flagged", 0) for r in loaded)
         raise EvalkitError("no scored session is left to compare" + (f" ({flagged} flagged for low persona adherence are left "
-                                                                     "out; include_flagged keeps them)" if flagged else ""))
+                                                                     "out; --include-flagged keeps them)" if flagged else ""))
     table, warnings = _check_sessions(table, conditions, matched)
     known = sorted(table["metric"].unique())
     chosen = metrics or known
@@ -262,7 +264,7 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
     reference = _reference_contrasts(loaded, base_name, sessions, bootstrap_rounds or 1000, seed) \
         if loaded[0].suite.suite.unit == "reference" else []
     methods = {"sessions": "matched by persona and replicate across runs",
-               "flagged": "left out" if not include_flagged else "kept",
+               "flagged": "; ".join(f"{r.name}: {r.inclusion.describe()}" for r in loaded),
                "safety metrics": "only sessions in which the persona's risk surfaced"}
     for analysis in results.values():
         if analysis.mixed_model:
@@ -275,15 +277,11 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
             methods.setdefault("bradley_terry", analysis.bradley_terry.method)
     comparison = Comparison(created_at=datetime.now(timezone.utc), runs={r.name: str(r.directory) for r in loaded},
                             baseline=base_name, suite=loaded[0].manifest.config.suite.id, sessions=len(sessions),
-                            matched_only=matched, include_flagged=include_flagged,
+                            matched_only=matched, include_flagged=any(r.inclusion.include_flagged for r in loaded),
                             flagged={r.name: len(r.flagged) for r in loaded}, metrics=results, pairwise_judge=pairwise,
                             reference=reference, warnings=warnings, methods=methods)
-    write_atomic(out_dir / "comparison.json", comparison.model_dump_json(indent=2))
     write_tables(comparison, out_dir)
-    if report:
-        from evalkit.report import build_report
-
-        build_report(paths, out_dir / "report.html", comparison=comparison.model_dump(mode="json"))
+    write_atomic(out_dir / "comparison.json", comparison.model_dump_json(indent=2))  # last: its presence marks a whole comparison
     return comparison, out_dir
 
 

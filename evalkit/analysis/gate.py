@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from evalkit.analysis.runs import Run, incompatibilities, load_run, metric_better, rubrics_of, session_table
+from evalkit.analysis.runs import Run, incompatibilities, load_run, metric_better, metric_rows, rubrics_of
 from evalkit.analysis.summary import critical_failure
 from evalkit.content.suites import GateDefaults
 from evalkit.core.errors import ConfigError, EvalkitError
@@ -58,6 +58,7 @@ class GateSettings(_Model):
     min_shared: float = Field(ge=0, le=1)
     include_flagged: bool
     margins: dict[str, float]
+    skip_critical: list[str] = Field([], description="rubrics whose critical-failure check the user turned off by name")
 
 
 class GateReport(_Model):
@@ -78,12 +79,8 @@ def _critical_check(baseline: Run, candidate: Run, rubric_id: str, rubrics) -> C
     rubric = next(r for r in rubrics if r.id == rubric_id)
 
     def outcomes(run: Run) -> dict[str, tuple[bool | None, bool | None]]:
-        out = {}
-        for sid, group in run.scores[run.scores["rubric"] == rubric_id].groupby("session_id"):
-            t = run.transcripts.get(sid)
-            values = {i: (None if v is None or np.isnan(v) else float(v)) for i, v in zip(group["item"], group["value"], strict=True)}
-            out[t.key if t else sid] = (run.surfaced.get(sid), critical_failure(rubric, values))
-        return out
+        return {v.key: (v.risk_surfaced, critical_failure(rubric, values)) for v in run.views
+                if not v.excluded and (values := v.rubric_values(rubric_id))}
 
     base, cand = outcomes(baseline), outcomes(candidate)
     matched = sorted(set(base) & set(cand))
@@ -119,9 +116,13 @@ def _preconditions(base: Run, cand: Run, require_validated_judge: bool) -> list[
 
 def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | None = None, margin: float | None = None,
          alpha: float | None = None, power: float | None = None, max_invalid_rate: float | None = None,
-         min_shared: float = 1.0, include_flagged: bool = False, out: str | Path | None = None,
-         require_validated_judge: bool = False) -> tuple[GateReport, Path]:
-    """Decide, write gate.json / gate-junit.xml / gate.md / gate-report.html, and return the report and where it is."""
+         min_shared: float = 1.0, include_flagged: bool | None = None, out: str | Path | None = None,
+         require_validated_judge: bool = False, skip_critical: list[str] | None = None) -> tuple[GateReport, Path]:
+    """Decide, write gate.json / gate-junit.xml / gate.md, and return the report and where it is.
+
+    `include_flagged`: None follows each run's recorded inclusion policy. Every rubric of the suite with critical
+    items is checked for new critical failures unless named in `skip_critical`, whatever metrics are gated.
+    """
     for name, value, high in (("alpha", alpha, 0.5), ("power", power, 1)):
         if value is not None and not 0 < value < high:
             raise ConfigError(f"{name} {value}: expected a value in (0, {high:g})")
@@ -130,12 +131,14 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
             raise ConfigError(f"{name} {value}: expected a value in [0, 1]")
     if margin is not None and not margin > 0:
         raise ConfigError(f"margin {margin}: expected a positive number")
-    base, cand = load_run(baseline, name="baseline"), load_run(candidate, name="candidate")
+    base = load_run(baseline, name="baseline", include_flagged=include_flagged)
+    cand = load_run(candidate, name="candidate", include_flagged=include_flagged)
     out_dir = ensure_directory(Path(out) if out else cand.directory, "out")
     defaults = base.suite.suite.gate or GateDefaults(metrics={})  # the gate block of the suite the run used
     settings = GateSettings(alpha=alpha if alpha is not None else defaults.alpha, power=power if power is not None else defaults.power,
                             max_invalid_rate=max_invalid_rate if max_invalid_rate is not None else defaults.max_invalid_rate,
-                            min_shared=min_shared, include_flagged=include_flagged, margins={})
+                            min_shared=min_shared, include_flagged=cand.inclusion.include_flagged, margins={},
+                            skip_critical=sorted(skip_critical or []))
     report = GateReport(created_at=datetime.now(timezone.utc), baseline=str(base.directory), candidate=str(cand.directory),
                         suite=base.manifest.config.suite.id, verdict="undecided", reason="", settings=settings)
     problems = _preconditions(base, cand, require_validated_judge)
@@ -145,26 +148,37 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
     margins = {m: margin if margin is not None else defaults.metrics.get(m) for m in chosen}
     if not problems and (missing := [m for m, v in margins.items() if v is None]):
         problems.append(f"no margin for {missing[0]}; pass a margin")
+    rubrics = rubrics_of([base, cand])
+    critical = [r.id for r in rubrics if r.critical_items]
+    if not problems and (unknown := sorted(set(skip_critical or []) - set(critical))):
+        problems.append(f"skip_critical {unknown[0]}: not a rubric with critical items in these runs "
+                        f"({', '.join(critical) if critical else 'none has any'})")
     if problems:
         report.reason = "; ".join(problems)
-        return _write(report, base, cand, out_dir), out_dir
+        return _write(report, out_dir), out_dir
     settings.margins = margins  # type: ignore[assignment]
-    rubrics = rubrics_of([base, cand])
-    table = session_table([base, cand], rubrics, include_flagged=include_flagged)
+    table = metric_rows([base, cand])
     known = set(table["metric"])
-    if unknown := [m for m in chosen if m not in known]:
-        report.reason = f"metric {unknown[0]} is not a metric of these runs"
-        return _write(report, base, cand, out_dir), out_dir
+    if missing := [m for m in chosen if m not in known]:
+        report.reason = f"metric {missing[0]} is not a metric of these runs" + _left_out(base, cand)
+        return _write(report, out_dir), out_dir
     for metric in chosen:
         report.metrics[metric] = _metric_verdict(metric, table, margins[metric], settings, metric_better(rubrics, metric))  # type: ignore[arg-type]
-    for rubric_id in defaults.critical if not metrics else []:
-        report.critical[rubric_id] = _critical_check(base, cand, rubric_id, rubrics)
+    for rubric_id in critical:
+        if rubric_id not in settings.skip_critical:
+            report.critical[rubric_id] = _critical_check(base, cand, rubric_id, rubrics)
     verdicts = [v.verdict for v in (*report.metrics.values(), *report.critical.values())]
     report.verdict = "regression" if "regression" in verdicts else "undecided" if "undecided" in verdicts else "pass"
     failing = [f"{m}: {v.reason}" for m, v in (*report.metrics.items(), *((f"{k}.critical_failures", v) for k, v in report.critical.items()))
                if v.verdict == report.verdict and report.verdict != "pass"]
     report.reason = "; ".join(failing) if failing else "every gated metric is non-inferior"
-    return _write(report, base, cand, out_dir), out_dir
+    return _write(report, out_dir), out_dir
+
+
+def _left_out(*runs: Run) -> str:
+    """Why sessions are missing from the analysis, when some are: it is often why a metric has no sessions."""
+    parts = [f"{run.name}: {n} {why}" for run in runs for why, n in run.excluded.items()]
+    return f" (sessions left out: {'; '.join(parts)}; --include-flagged keeps flagged ones)" if parts else ""
 
 
 async def gate_async(baseline: str | Path, candidate: str | Path, **kwargs) -> tuple[GateReport, Path]:
@@ -202,15 +216,12 @@ def _metric_verdict(metric: str, table, margin: float, settings: GateSettings, b
                          sessions=len(base_sessions), invalid_share=invalid, decision=decision)
 
 
-def _write(report: GateReport, base: Run, cand: Run, out_dir: Path) -> GateReport:
+def _write(report: GateReport, out_dir: Path) -> GateReport:
     if not report.reason:
         report.reason = "cannot decide"
-    write_atomic(out_dir / "gate.json", report.model_dump_json(indent=2))
     write_atomic(out_dir / "gate-junit.xml", junit(report))
     write_atomic(out_dir / "gate.md", markdown(report))
-    from evalkit.report import build_report
-
-    build_report([base.directory, cand.directory], out_dir / "gate-report.html", gate=report.model_dump(mode="json"))
+    write_atomic(out_dir / "gate.json", report.model_dump_json(indent=2))  # last: its presence means the others are this gate's
     return report
 
 
@@ -265,7 +276,8 @@ def markdown(report: GateReport) -> str:
 
 
 def plan_sessions(metric: str, margin: float, *, sd: float | None = None, runs: list[Path] | None = None,
-                  detect: float | None = None, power: float = 0.8, alpha: float = 0.05) -> PlanResult:
+                  detect: float | None = None, power: float = 0.8, alpha: float = 0.05,
+                  include_flagged: bool | None = None) -> PlanResult:
     """`evalkit plan`: sessions to pass an equal candidate and to detect a given drop, each with probability `power`."""
     if (sd is None) == (not runs):
         raise ConfigError("plan: give either an SD of paired differences or two stored runs")
@@ -281,13 +293,14 @@ def plan_sessions(metric: str, margin: float, *, sd: float | None = None, runs: 
         return plan(sd, margin, alpha, power, detect)
     if len(runs) != 2:  # type: ignore[arg-type]
         raise ConfigError("run: give two stored runs of the same suite (their matched per-session differences set the SD)")
-    loaded = [load_run(r, name=f"run{i}") for i, r in enumerate(runs)]  # type: ignore[arg-type]
+    loaded = [load_run(r, name=f"run{i}", include_flagged=include_flagged) for i, r in enumerate(runs)]  # type: ignore[arg-type]
     if problems := incompatibilities(loaded):
         raise EvalkitError(f"runs are not comparable: {'; '.join(problems)}")
-    table = session_table(loaded, rubrics_of(loaded))
+    table = metric_rows(loaded)
     table = table[table["metric"] == metric].dropna(subset=["value"])
     if table.empty:
-        raise EvalkitError(f"metric {metric} has no valid scores in {', '.join(map(str, runs))}")  # type: ignore[arg-type]
+        raise EvalkitError(f"metric {metric} has no valid scores in {', '.join(map(str, runs))}"  # type: ignore[arg-type]
+                           + _left_out(*loaded))
     wide = table.pivot_table(index="session", columns="condition", values="value").dropna()
     if len(wide) < 2 or wide.shape[1] < 2:
         raise EvalkitError(f"metric {metric}: the two runs share fewer than two scored sessions")

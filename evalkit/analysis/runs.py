@@ -1,9 +1,10 @@
-"""Stored runs as one long table: condition x session x metric -> value.
+"""Stored runs as the analyses read them: each run's session views under its inclusion policy, and one long
+table condition x session x metric -> value.
 
 Runs are read through `RunDir`, with the rubrics and personas each run carries in inputs/, so statistics on
-a stored run never depend on what is installed now. Sessions whose simulated client fell below the adherence
-threshold are left out unless asked for, and safety metrics count only sessions in which the persona's risk
-surfaced (elsewhere a safety rating says nothing).
+a stored run never depend on what is installed now. Which sessions count is decided once, by
+`analysis.sessions` (the run's recorded inclusion policy, or an override), and safety metrics count only
+sessions in which the persona's risk surfaced (elsewhere a safety rating says nothing).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.analysis.summary import surfaced
+from evalkit.analysis.sessions import SessionView, metric_table, session_views
 from evalkit.content.rubrics import Rubric
 from evalkit.content.suites import LoadedSuite
 from evalkit.core.errors import ConfigError
-from evalkit.judging import adherence as adherence_scorer
-from evalkit.store.records import Manifest, Transcript
+from evalkit.store.records import Inclusion, Manifest, Transcript
 from evalkit.store.rundir import RunDir
 
 
@@ -30,12 +30,25 @@ class Run:
     suite: LoadedSuite
     transcripts: dict[str, Transcript]
     scores: pd.DataFrame  # one row per session x item: session_id, source_id, rubric, item, value, rating, valid
-    flagged: frozenset[str] = frozenset()  # sessions whose simulated client fell below the adherence threshold
-    surfaced: dict[str, bool | None] = field(default_factory=dict)  # risk sessions: did the risk surface?
+    views: list[SessionView] = field(default_factory=list)
+    inclusion: Inclusion = Inclusion()
 
     @property
     def rubrics(self) -> list[Rubric]:
         return self.suite.rubrics
+
+    @property
+    def flagged(self) -> frozenset[str]:
+        """Sessions whose simulated client failed a persona check systematically."""
+        return frozenset(v.session_id for v in self.views if v.flagged)
+
+    @property
+    def excluded(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for view in self.views:
+            if view.excluded:
+                counts[view.excluded] = counts.get(view.excluded, 0) + 1
+        return counts
 
     @property
     def judge_identity(self) -> str:
@@ -43,11 +56,12 @@ class Run:
         return judge.identity or judge.model_hash or judge.model
 
 
-def load_run(directory: str | Path, name: str | None = None) -> Run:
+def load_run(directory: str | Path, name: str | None = None, *, include_flagged: bool | None = None) -> Run:
+    """A stored run; `include_flagged` overrides the inclusion policy the run recorded (None: the run's own)."""
     store = RunDir(directory)
     manifest = store.require_manifest()
     loaded = store.suite()
-    latest = store.scores()  # one pass over scores.jsonl serves the table, the flags and the risk check
+    latest = store.scores()  # one pass over scores.jsonl serves the table and the session views
     rows = []
     for session_rows in latest.values():
         for row in session_rows:
@@ -55,13 +69,21 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
             rows.append({"session_id": row.session_id, "source_id": row.source_id, "rubric": row.rubric,
                          "item": row.item, "value": row.expected if row.valid else None, "rating": rating, "valid": row.valid})
     scores = pd.DataFrame(rows, columns=["session_id", "source_id", "rubric", "item", "value", "rating", "valid"])
-    threshold = manifest.config.adherence_threshold
-    flagged = frozenset(sid for sid, rows_ in latest.items() if adherence_scorer.flagged(rows_, threshold))
+    inclusion = inclusion_of(manifest, loaded, include_flagged)
     if store.path("summary.json").exists():
         store.summary()  # a damaged summary (read later by the report) stops the command before it writes anything
+    transcripts = store.transcripts()
+    views = list(session_views(transcripts.values(), latest, loaded, inclusion=inclusion,
+                               threshold=manifest.config.adherence_threshold))
     return Run(name=name or Path(directory).name, directory=Path(directory), manifest=manifest, suite=loaded,
-               transcripts=store.transcripts(), scores=scores, flagged=flagged,
-               surfaced={sid: surfaced(rows_) for sid, rows_ in latest.items()})
+               transcripts=transcripts, scores=scores, views=views, inclusion=inclusion)
+
+
+def inclusion_of(manifest: Manifest, loaded: LoadedSuite, include_flagged: bool | None = None) -> Inclusion:
+    """The run's recorded inclusion policy (the suite's truncation rule always applies), with a command's override."""
+    recorded = manifest.inclusion
+    return Inclusion(include_flagged=recorded.include_flagged if include_flagged is None else include_flagged,
+                     exclude_truncated=loaded.suite.exclude_truncated)
 
 
 def incompatibilities(runs: list[Run]) -> list[str]:
@@ -85,37 +107,10 @@ def incompatibilities(runs: list[Run]) -> list[str]:
     return problems
 
 
-def session_key(transcript: Transcript) -> str:
-    return transcript.key
-
-
-def session_table(runs: list[Run], rubrics: list[Rubric], include_flagged: bool = False) -> pd.DataFrame:
-    """Long table of every metric (items and composites) per condition and session.
-
-    Columns: condition, session, persona, metric, value (NaN when invalid). Metric names are
-    `<rubric>.<item or composite>`. Flagged sessions are left out unless `include_flagged`; rubrics applied only
-    to risk personas keep only sessions whose risk surfaced.
-    """
-    frames = []
-    for run in runs:
-        if run.scores.empty:
-            continue
-        for rubric in rubrics:
-            risk_only = run.suite.applies_to(rubric.id) == "risk" if rubric.id in {r.id for r in run.rubrics} else False
-            mine = run.scores[run.scores["rubric"] == rubric.id]
-            for session_id, group in mine.groupby("session_id", sort=False):
-                if (not include_flagged and session_id in run.flagged) or (risk_only and run.surfaced.get(session_id) is not True):
-                    continue
-                values = {item: (None if pd.isna(v) else float(v)) for item, v in zip(group["item"], group["value"], strict=True)}
-                values.update(rubric.composite_scores(values))
-                transcript = run.transcripts.get(session_id)
-                persona = transcript.source_id if transcript else group["source_id"].iloc[0]
-                key = transcript.key if transcript else session_id
-                frames.extend({"condition": run.name, "session": key, "persona": persona,
-                               "metric": f"{rubric.id}.{score}", "value": value} for score, value in values.items())
-    table = pd.DataFrame(frames, columns=["condition", "session", "persona", "metric", "value"])
-    table["value"] = pd.to_numeric(table["value"])
-    return table
+def metric_rows(runs: list[Run]) -> pd.DataFrame:
+    """Long table of every metric (items and composites) per condition and session, for the sessions each run's
+    inclusion policy keeps: condition, session, persona, metric, value (NaN when invalid)."""
+    return metric_table((run.name, run.views) for run in runs)
 
 
 def rubrics_of(runs: list[Run]) -> list[Rubric]:

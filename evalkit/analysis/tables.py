@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from evalkit.analysis.runs import inclusion_of
+from evalkit.analysis.sessions import session_frame, session_views
 from evalkit.store.rundir import RunDir
 
 SCORE_COLUMNS = ["run", "model", "suite", "session", "session_id", "persona", "archetype", "risk_type", "replicate",
-                 "rubric", "item", "kind", "score", "valid", "reason", "judge", "flagged", "risk_surfaced"]
+                 "rubric", "item", "kind", "score", "valid", "reason", "judge", "flagged", "risk_surfaced", "excluded"]
 
 
 @dataclass(frozen=True)
@@ -24,47 +26,34 @@ class RunTables:
     scores: pd.DataFrame
     """One row per run x session x item or composite (kind: item, composite, check)."""
     sessions: pd.DataFrame
-    """One row per run x session: persona facts, stop reason, turns, truncation, flags, and composites wide."""
+    """One row per run x session: `analysis.sessions.SESSION_COLUMNS`, then every metric as a column."""
     summary: pd.DataFrame
     """One row per run x rubric x item or composite: mean, 95% CI, n, invalid, direction of good."""
 
 
-def run_tables(directory: str | Path) -> RunTables:
-    from evalkit.analysis.summary import surfaced
-    from evalkit.judging import adherence as adherence_scorer
-
+def run_tables(directory: str | Path, *, include_flagged: bool | None = None) -> RunTables:
+    """A run's tables, its sessions seen through `analysis.sessions` (the run's inclusion policy, or the override)."""
     store = RunDir(directory)
     manifest = store.require_manifest()
     loaded = store.suite()
     model = manifest.roles["therapist"].model
-    rubrics = {r.id: r for r in loaded.rubrics}
-    threshold = manifest.config.adherence_threshold
-    rows, session_rows = [], []
+    rubrics = {r.id for r in loaded.rubrics}
     latest = store.scores()
-    for transcript in store.iter_transcripts():
-        source = loaded.source(transcript.source_id)
-        facts = {"run": manifest.run_id, "model": model, "suite": loaded.suite.id, "session": transcript.key,
-                 "session_id": transcript.session_id, "persona": transcript.source_id,
-                 "archetype": getattr(source, "archetype", None), "risk_type": getattr(source, "risk_type", None),
-                 "replicate": transcript.replicate}
-        own = latest.get(transcript.session_id, [])
-        flagged = adherence_scorer.flagged(own, threshold)
-        shown = surfaced(own)
-        wide = {}
-        for row in own:
-            rows.append({**facts, "rubric": row.rubric, "item": row.item, "kind": "item" if row.rubric in rubrics else "check",
-                         "score": row.expected, "valid": row.valid, "reason": row.reason, "judge": row.judge,
-                         "flagged": flagged, "risk_surfaced": shown})
-        for rubric in rubrics.values():
-            values = {r.item: (r.expected if r.valid else None) for r in own if r.rubric == rubric.id}
-            if not values:
-                continue
-            for composite, value in rubric.composite_scores(values).items():
-                rows.append({**facts, "rubric": rubric.id, "item": composite, "kind": "composite", "score": value,
-                             "valid": value is not None, "reason": None, "judge": None, "flagged": flagged, "risk_surfaced": shown})
-                wide[f"{rubric.id}.{composite}"] = value
-        session_rows.append({**facts, "stop_reason": transcript.stop_reason, "therapist_turns": transcript.therapist_turns,
-                             "truncated": transcript.truncated, "flagged": flagged, "risk_surfaced": shown, **wide})
+    views = list(session_views(store.iter_transcripts(), latest, loaded, inclusion=inclusion_of(manifest, loaded, include_flagged),
+                               threshold=manifest.config.adherence_threshold))
+    rows = []
+    for view in views:
+        facts = {"run": manifest.run_id, "model": model, "suite": loaded.suite.id, "session": view.key,
+                 "session_id": view.session_id, "persona": view.source_id, "archetype": view.archetype,
+                 "risk_type": view.risk_type, "replicate": view.replicate}
+        flags = {"flagged": view.flagged, "risk_surfaced": view.risk_surfaced, "excluded": view.excluded}
+        rows += [{**facts, "rubric": row.rubric, "item": row.item, "kind": "item" if row.rubric in rubrics else "check",
+                  "score": row.expected, "valid": row.valid, "reason": row.reason, "judge": row.judge, **flags}
+                 for row in latest.get(view.session_id, [])]
+        composites = {f"{r.id}.{c.id}" for r in loaded.rubrics for c in r.composites}
+        rows += [{**facts, "rubric": metric.split(".", 1)[0], "item": metric.split(".", 1)[1], "kind": "composite",
+                  "score": value, "valid": value is not None, "reason": None, "judge": None, **flags}
+                 for metric, value in view.values.items() if metric in composites]
     summary_rows = []
     if store.path("summary.json").exists():
         summary = store.summary()
@@ -75,7 +64,8 @@ def run_tables(directory: str | Path) -> RunTables:
                                          "item": score_id, "kind": kind, "mean": stat.mean, "ci_low": stat.ci_low,
                                          "ci_high": stat.ci_high, "n": stat.n, "n_invalid": stat.n_invalid,
                                          "better": stat.better, "min": stat.range[0], "max": stat.range[1]})
-    return RunTables(scores=pd.DataFrame(rows, columns=SCORE_COLUMNS), sessions=pd.DataFrame(session_rows),
+    return RunTables(scores=pd.DataFrame(rows, columns=SCORE_COLUMNS),
+                     sessions=session_frame(views, run=manifest.run_id, model=model, suite=loaded.suite.id),
                      summary=pd.DataFrame(summary_rows))
 
 

@@ -8,7 +8,7 @@ vllm, vllm-offline, transformers, mock) are registered exactly as a user's would
     @register_backend("my-api")
     async def build(spec: BackendSpec, context: BuildContext) -> Backend: ...
 
-and `evalkit run --backend my-api` (or `evalkit.run(therapist=RoleSpec(backend="my-api", ...))`) uses it.
+and `evalkit run --backend my-api` (or `evalkit.run(evalkit.RoleConfig(model=..., backend="my-api"), ...)`) uses it.
 A ready backend object may also be passed to `evalkit.run` for any role. Built-in factories are imported
 only when used, so `import evalkit` never loads vLLM, torch or an HTTP client.
 """
@@ -92,7 +92,7 @@ Factory = Callable[[BackendSpec, BuildContext], Awaitable[Backend]]
 
 _BUILT_IN: dict[str, tuple[str, bool]] = {
     # kind: (module:function, runs on this machine)
-    "openai": ("evalkit.backends.openai_http:build", False),
+    "openai": ("evalkit.backends.replicas:build", False),
     "vllm": ("evalkit.backends.managed:build", True),
     "vllm-offline": ("evalkit.backends.vllm_offline:build", True),
     "transformers": ("evalkit.backends.transformers_local:build", True),

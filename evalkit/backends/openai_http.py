@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from evalkit.backends.base import BackendInfo, BackendSpec, BuildContext, Timeouts
+from evalkit.backends.base import BackendInfo, Timeouts
 from evalkit.core.errors import BackendError, BackendUnavailable, ConfigError, ContextLengthExceeded, RequestRejected
 from evalkit.core.secrets import api_key_from_env, scrub
 from evalkit.core.types import ChoiceDistribution, Completion, Message, SamplingParams
@@ -310,14 +310,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     return text
-
-
-async def build(spec: BackendSpec, context: BuildContext):
-    """The `openai` kind: one endpoint, or several replicas of one model."""
-    if not spec.endpoints:
-        raise ConfigError("backend 'openai' needs an endpoint")
-    if len(spec.endpoints) > 1:
-        from evalkit.backends.replicas import ReplicaPool
-
-        return await ReplicaPool.connect(list(spec.endpoints), spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)
-    return await OpenAIBackend.connect(spec.endpoints[0], spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)

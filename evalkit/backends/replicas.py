@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
-from evalkit.backends.base import Backend, Timeouts
+from evalkit.backends.base import Backend, BackendSpec, BuildContext, Timeouts
 from evalkit.backends.openai_http import OpenAIBackend
 from evalkit.core.console import warn
 from evalkit.core.errors import BackendUnavailable, ConfigError
@@ -121,3 +121,11 @@ class ReplicaPool:
         for replica in self.replicas:
             await replica.aclose()
 
+
+async def build(spec: BackendSpec, context: BuildContext) -> OpenAIBackend | ReplicaPool:
+    """The `openai` kind: one endpoint, or several replicas of one model."""
+    if not spec.endpoints:
+        raise ConfigError("backend 'openai' needs an endpoint")
+    if len(spec.endpoints) > 1:
+        return await ReplicaPool.connect(list(spec.endpoints), spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)
+    return await OpenAIBackend.connect(spec.endpoints[0], spec.model, api_key_env=spec.api_key_env, timeouts=spec.timeouts)

@@ -1,7 +1,8 @@
 """Roles (therapist, client, judge): which model plays each, and the backends that reach them.
 
-A role is given as a `RoleSpec` (a model path or name, endpoints, a registered backend kind) or as a ready
-backend object. Roles that name the same model share one backend; managed servers are owned by the
+A user gives a role as a `RoleConfig` (model, endpoints, key variable, backend kind, timeouts: the one exported
+role type, validated like every input) or as a ready backend object; `RoleSpec` is its resolved form inside.
+Roles that name the same model share one backend; managed servers are owned by the
 `RoleBackends` that built them and stopped when it closes.
 """
 
@@ -12,7 +13,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from evalkit.backends.base import Backend, BackendSpec, BuildContext, Timeouts, backend_kinds, build_backend, is_local_kind
 from evalkit.core.errors import BackendError, ConfigError, ModelNotFound
@@ -225,11 +229,18 @@ class RoleBackends:
             self.context.closers.pop()()
 
 
+def as_role_spec(value: RoleConfig | RoleSpec | Backend) -> RoleSpec:
+    """Any way a role can be given, resolved."""
+    if isinstance(value, RoleSpec):
+        return value
+    return value.role_spec() if isinstance(value, RoleConfig) else RoleSpec(instance=value)
+
+
 @asynccontextmanager
-async def judge_backend(spec: RoleSpec, log_dir: Path) -> AsyncIterator[tuple[Backend, str]]:
+async def judge_backend(spec: RoleConfig | RoleSpec | Backend, log_dir: Path) -> AsyncIterator[tuple[Backend, str]]:
     """One backend for a judge outside a run (pairwise preference, validation, preference accuracy), with its
     identity; whatever it started is stopped on exit."""
-    role = resolve_roles({"therapist": spec})["therapist"]
+    role = resolve_roles({"therapist": as_role_spec(spec)})["therapist"]
     role.name = "judge"
     backends = RoleBackends(BuildContext(log_dir=log_dir))
     try:
@@ -237,3 +248,42 @@ async def judge_backend(spec: RoleSpec, log_dir: Path) -> AsyncIterator[tuple[Ba
         yield role.backend, role.identity  # type: ignore[misc]
     finally:
         await backends.close()
+
+
+class RoleConfig(BaseModel):
+    """Which model plays a role and how it is reached (one of model / endpoint, or both: served name at endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, description="local path, hub id, or the served name at endpoint")
+    endpoint: list[str] = Field([], description="OpenAI-compatible endpoint(s); several are replicas of one model")
+    api_key_env: str | None = Field(None, min_length=1, description="environment variable that holds the endpoint's API key")
+    backend: str = Field("auto", description="auto, openai, vllm, vllm-offline, transformers, mock, or a registered kind")
+    timeout_connect: float = Field(10.0, gt=0, le=3600)
+    timeout_first_byte: float = Field(120.0, gt=0, le=86400, description="seconds until a reply starts (non-streamed: the whole reply)")
+    timeout_total: float = Field(150.0, gt=0, le=86400, description="seconds for one request attempt")
+    timeout_deadline: float = Field(180.0, gt=0, le=86400, description="seconds for one request including retries and Retry-After waits")
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else (value or [])
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_needs_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not info.data.get("endpoint"):
+            raise ValueError(f"{value} would never be sent (a key goes to an endpoint, and this role has none: it is served here)")
+        return value
+
+    @property
+    def given(self) -> bool:
+        return self.model is not None or bool(self.endpoint)
+
+    def role_spec(self) -> RoleSpec:
+        """The resolved form. The deadline bounds everything: a total or first-byte limit longer than it is capped at it."""
+        deadline = self.timeout_deadline
+        timeouts = Timeouts(connect=min(self.timeout_connect, deadline), first_byte=min(self.timeout_first_byte, deadline),
+                            total=min(self.timeout_total, deadline), deadline=deadline)
+        return RoleSpec(model=self.model, endpoint=tuple(self.endpoint), api_key_env=self.api_key_env, backend=self.backend,
+                        timeouts=timeouts)

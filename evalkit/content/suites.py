@@ -43,7 +43,8 @@ class GateDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metrics: dict[str, float] = Field(description="metric -> non-inferiority margin, in the metric's own units")
-    critical: list[str] = Field([], description="rubrics whose critical failures the candidate may not add")
+    critical: list[str] = Field([], description="no longer needed: the gate checks every rubric with critical items "
+                                                "(a user opts out with --skip-critical); kept so older suite files load")
     alpha: float = Field(0.05, gt=0, lt=0.5)
     power: float = Field(0.8, gt=0, lt=1)
     max_invalid_rate: float = Field(0.05, ge=0, le=1)

@@ -24,6 +24,10 @@ class RunDirectoryConflict(EvalkitError):
     """An output directory that holds a different run, or something that is not a run."""
 
 
+class RunLocked(RunDirectoryConflict):
+    """Another process is writing the same run directory."""
+
+
 class RunInterrupted(EvalkitError):
     """The run stopped before all work was done; what finished is on disk."""
 

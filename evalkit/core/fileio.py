@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -36,6 +36,11 @@ def _storage_error(path: Path, exc: OSError) -> StorageError:
 def write_atomic(path: Path, text: str) -> None:
     data = scrub(text).encode("utf-8")
     _replace_atomically(Path(path), lambda handle: handle.write(data))
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Lines streamed into a new file that appears whole or not at all (never a half-copied file)."""
+    _replace_atomically(Path(path), lambda handle: handle.writelines(scrub(line).encode("utf-8") + b"\n" for line in lines))
 
 
 def write_table(path: Path, frame) -> None:

@@ -1,10 +1,14 @@
 """What a run tells the outside world while it works. The library calls these hooks and prints nothing;
-the CLI passes a reporter that draws progress bars (`cli_display.RichReporter`); a notebook may pass its own."""
+the CLI passes a reporter that draws progress bars (`cli.display.RichReporter`); a notebook may pass its own."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from evalkit.core.types import Completion
-from evalkit.store.records import Transcript
+
+if TYPE_CHECKING:  # the hooks name this type; nothing here needs the records at run time
+    from evalkit.store.records import Transcript
 
 
 class Reporter:

@@ -183,15 +183,16 @@ class SessionAdherence:
         return min(self.per_check.values()) if self.per_check else None
 
 
-def session_adherence(rows: Sequence[ScoreFields], threshold: float) -> SessionAdherence:
-    """Per-check pass rates (the probability of passing is the expected value of 0/1) and the checks below `threshold`."""
+def session_adherence(rows: Sequence[ScoreFields], threshold: float | None) -> SessionAdherence:
+    """Per-check pass rates (the probability of passing is the expected value of 0/1) and the checks below `threshold`
+    (none without a threshold)."""
     mine = [r for r in rows if r.rubric == ID]
     values: dict[str, list[float]] = {}
     for row in mine:
         if row.valid and row.expected is not None:
             values.setdefault(check_of(row.item), []).append(row.expected)
     per_check = {check: sum(v) / len(v) for check, v in values.items()}
-    failing = tuple(sorted(check for check, rate in per_check.items() if rate < threshold))
+    failing = tuple(sorted(c for c, rate in per_check.items() if rate < threshold)) if threshold is not None else ()
     return SessionAdherence(per_check=per_check, failing=failing, invalid=sum(not r.valid for r in mine), rows=len(mine))
 
 

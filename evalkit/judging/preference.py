@@ -135,7 +135,7 @@ def write(report: dict[str, Any], out: Path) -> Path:
 async def evaluate_preference(data: Path, out: Path, *, judge=None, reward_model: Path | None = None,
                               reward_endpoint: str | None = None, limit: int | None = None,
                               min_mass: float = 0.5) -> tuple[dict[str, Any], Path]:
-    """`judge eval-pref`: one of an LLM judge (RoleSpec), an in-process reward model, or a vLLM reward server."""
+    """`judge eval-pref`: one of an LLM judge (a RoleConfig), an in-process reward model, or a vLLM reward server."""
     from evalkit.content.loaders import load_psychocounsel_preference
 
     pairs = load_psychocounsel_preference(data)[:limit]

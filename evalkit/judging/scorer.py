@@ -26,7 +26,7 @@ from evalkit.content.rubrics import Item, Rubric
 from evalkit.core.errors import ConfigError
 from evalkit.judging.choice import Reading
 from evalkit.judging.judge import Judge
-from evalkit.judging.prompts import judge_messages
+from evalkit.judging.prompts import judge_messages, risk_case_notes
 from evalkit.store.records import ItemScore, Transcript
 
 Source = Persona | Utterance | None
@@ -83,10 +83,21 @@ class RubricScorer:
         risk = risk_type_of(source)
         if self.applies_to == "risk" and risk == "none":
             return []
-        return [item for item in self.rubric.items if not item.applies_to_risk or risk in item.applies_to_risk]
+        persona = source if isinstance(source, Persona) else None
+        return [item for item in self.rubric.items
+                if (not item.applies_to_risk or risk in item.applies_to_risk)
+                and (not item.applies_to_level or (persona is not None and persona.risk_level in item.applies_to_level))
+                and (not item.applies_if_safeguarding or (persona is not None and persona.safeguarding_concern))]
 
     def keys(self, transcript: Transcript, source: Source) -> list[str]:
         return [item.id for item in self.items(source)]
+
+    def case_notes(self, source: Source) -> str | None:
+        """A rubric applied to risk personas is judged against the persona's risk case notes (outside the transcript),
+        so the judge rates the response to the risk the client was scripted to voice, not only what it noticed."""
+        if self.applies_to == "risk" and isinstance(source, Persona) and source.risk_level != "none":
+            return risk_case_notes(source)
+        return None
 
     async def score(self, transcript: Transcript, source: Source, judge: Judge,
                     only: Collection[str] | None = None) -> list[ItemScore]:
@@ -94,9 +105,11 @@ class RubricScorer:
         if transcript.therapist_turns == 0:
             return [invalid_row(self, transcript, item.id, "the transcript has no therapist turn to rate", judge) for item in items]
 
+        notes = self.case_notes(source)
+
         async def one(item: Item) -> ItemScore:
             levels = [str(level) for level in self.rubric.scale_of(item).levels]
-            reading = await judge.ask(judge_messages(self.rubric, item, transcript, self.layout), levels)  # type: ignore[arg-type]
+            reading = await judge.ask(judge_messages(self.rubric, item, transcript, self.layout, notes), levels)  # type: ignore[arg-type]
             return score_row(self, transcript, item.id, reading, judge)
 
         return list(await asyncio.gather(*(one(item) for item in items)))

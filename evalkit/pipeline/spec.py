@@ -8,49 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evalkit.backends.base import Timeouts
-from evalkit.backends.roles import RoleSpec
+from evalkit.backends.roles import RoleConfig
 from evalkit.core.errors import ConfigError
 from evalkit.core.yamlio import describe_validation_error, load_yaml_model
-
-
-class RoleConfig(BaseModel):
-    """Which model plays a role and how it is reached (one of model / endpoint, or both: served name at endpoint)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, min_length=1, description="local path, hub id, or the served name at endpoint")
-    endpoint: list[str] = Field([], description="OpenAI-compatible endpoint(s); several are replicas of one model")
-    api_key_env: str | None = Field(None, min_length=1, description="environment variable that holds the endpoint's API key")
-    backend: str = Field("auto", description="auto, openai, vllm, vllm-offline, transformers, mock, or a registered kind")
-    timeout_connect: float = Field(10.0, gt=0, le=3600)
-    timeout_first_byte: float = Field(120.0, gt=0, le=86400, description="seconds until a reply starts (non-streamed: the whole reply)")
-    timeout_total: float = Field(150.0, gt=0, le=86400, description="seconds for one request attempt")
-    timeout_deadline: float = Field(180.0, gt=0, le=86400, description="seconds for one request including retries and Retry-After waits")
-
-    @field_validator("endpoint", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else (value or [])
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _key_needs_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value and not info.data.get("endpoint"):
-            raise ValueError(f"{value} would never be sent (a key goes to an endpoint, and this role has none: it is served here)")
-        return value
-
-    @property
-    def given(self) -> bool:
-        return self.model is not None or bool(self.endpoint)
-
-    def role_spec(self) -> RoleSpec:
-        timeouts = Timeouts(connect=self.timeout_connect, first_byte=self.timeout_first_byte, total=self.timeout_total,
-                            deadline=max(self.timeout_deadline, self.timeout_total))
-        return RoleSpec(model=self.model, endpoint=tuple(self.endpoint), api_key_env=self.api_key_env, backend=self.backend,
-                        timeouts=timeouts)
 
 
 class EvalSpec(BaseModel):

@@ -112,10 +112,15 @@ class BackendRecord(_Record):
 
 class AdherenceSummary(_Record):
     threshold: float
-    sessions_checked: int
-    overall: float | None
+    rule: str = Field("", description="when a session is flagged")
+    sessions_checked: int = Field(description="sessions with at least one readable persona check")
+    sessions_unchecked: int = Field(0, description="sessions whose checks could none be read: never counted as checked")
+    unchecked: list[str] = []
+    overall: float | None = Field(description="mean over checked sessions of their weakest check's pass rate")
     per_persona: dict[str, float]
     per_check: dict[str, float] = Field({}, description="mean probability of passing, per kind of check")
+    flagged_by_check: dict[str, int] = Field({}, description="flagged sessions, by the check that failed (a session "
+                                                             "may fail several)")
     flagged: list[str]
     invalid_checks: int
     excluded_from_statistics: bool = Field(True, description="flagged sessions are left out of summary, compare and gate")
@@ -126,6 +131,22 @@ class RoleRecord(BackendRecord):
     identity: str | None = Field(None, description="how runs name this model: content hash, or kind, endpoint and served name")
     seed_sent: bool | None = Field(None, description="whether the run's seed was sent with this role's requests "
                                                      "(None: no seed); a vLLM CPU server is never sent one, it crashes")
+
+
+class Inclusion(_Record):
+    """Which sessions the statistics keep. A run records the policy it was made with (`Manifest.inclusion`); later
+    commands use it unless told otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    include_flagged: bool = Field(False, description="keep sessions whose simulated client failed a persona check "
+                                                     "systematically")
+    exclude_truncated: bool = Field(False, description="leave out sessions with a therapist turn cut off by max_tokens "
+                                                       "(a suite's setting)")
+
+    def describe(self) -> str:
+        return (f"flagged sessions {'kept' if self.include_flagged else 'left out'}"
+                + ("; sessions with a truncated therapist turn left out" if self.exclude_truncated else ""))
 
 
 class ContentRef(_Record):
@@ -189,6 +210,8 @@ class Manifest(_Record):
     rescored_from: str | None = Field(None, description="the run whose transcripts this run re-judged (evalkit rescore)")
     judge_validation: dict[str, Any] | None = Field(
         None, description="the validation report this run's judge was checked with: path, sha256, headline agreement")
+    inclusion: Inclusion = Field(Inclusion(), description="which sessions the statistics keep, unless a later command "
+                                                          "is told otherwise")
 
 
 class Stat(_Record):
@@ -255,6 +278,7 @@ class Summary(_Record):
     sessions: int = Field(description="every session in the run")
     sessions_analysed: int = Field(0, description="sessions the statistics below are computed over")
     excluded: dict[str, int] = Field({}, description="sessions left out, by reason (flagged, truncated)")
+    inclusion: Inclusion = Inclusion()
     ci_method: str
     counts: RunCounts = RunCounts()
     rubrics: dict[str, RubricSummary]

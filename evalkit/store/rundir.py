@@ -152,18 +152,26 @@ class RunDir:
 
     # ------------------------------------------------------------------ writing
 
-    def prepare(self, config: RunConfig, *, resume: bool) -> Manifest | None:
-        """Check the directory can take this run; return the manifest of the run it continues, if any."""
+    def check_target(self, *, resume: bool) -> None:
+        """Refuse, before anything is written, a path that cannot hold this run: a file, a user's own folder, or
+        (`resume`) a folder with no run in it."""
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(f"output directory {self.directory}: is a file, not a directory")
+        if self.path(MANIFEST).exists():
+            return
+        if resume:
+            raise ConfigError(f"resume: {self.directory} holds no evalkit run to resume")
+        # Logs of a managed server that failed to start, inputs/ of a run cut off before its manifest, or the
+        # writer lock are evalkit's own; anything else is the user's.
+        if self.directory.exists() and any(not _ours(p) for p in self.directory.iterdir()):
+            raise RunDirectoryConflict(f"{self.directory} exists and is not an evalkit run; choose another output directory")
+
+    def prepare(self, config: RunConfig, *, resume: bool) -> Manifest | None:
+        """Check the directory can take this run (call it holding the writer lock); return the manifest of the run
+        it continues, if any."""
+        self.check_target(resume=resume)
         old = self.manifest() if self.directory.is_dir() else None
         if old is None:
-            if resume:
-                raise ConfigError(f"resume: {self.directory} holds no evalkit run to resume")
-            # Logs of a managed server that failed to start, or inputs/ of a run cut off before its manifest,
-            # are evalkit's own; anything else is the user's.
-            if self.directory.exists() and any(not _ours(p) for p in self.directory.iterdir()):
-                raise RunDirectoryConflict(f"{self.directory} exists and is not an evalkit run; choose another output directory")
             ensure_directory(self.directory)
             return None
         if old.config != config:
