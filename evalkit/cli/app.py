@@ -21,7 +21,7 @@ from evalkit.cli.common import flagged
 from evalkit.core.console import console
 from evalkit.core.errors import EvalkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Clinical-fidelity evaluation of counselling language models.")
 
 
@@ -45,6 +45,7 @@ app.command("gate")(analyse.gate_command)
 app.command()(analyse.plan)
 app.command()(analyse.report)
 app.command()(run.track)
+app.command()(run.runs)
 app.command()(run.demo)
 app.command()(content.suites)
 app.command()(content.personas)

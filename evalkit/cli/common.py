@@ -26,7 +26,7 @@ FIELD_FLAGS = {
     "client.api_key_env": "--client-api-key-env", "client.backend": "--client-backend", "judge.model": "--judge-model",
     "judge.endpoint": "--judge-endpoint", "judge.api_key_env": "--judge-api-key-env", "judge.backend": "--judge-backend",
     "therapist model": "--model", "client model": "--client-model", "judge model": "--judge-model",
-    "judge_validation": "--judge-validation", "judge_concurrency": "--judge-concurrency", "judge_min_mass": "--judge-min-mass",
+    "judge_validation": "--judge-validation", "judge_check": "--judge-check", "judge_concurrency": "--judge-concurrency", "judge_min_mass": "--judge-min-mass",
     "adherence_threshold": "--adherence-threshold", "max_tokens": "--max-tokens", "max_model_len": "--max-model-len",
     "top_p": "--top-p", "replay_client": "--replay-client", "scripted_client": "--scripted-client", "sessions": "--sessions",
     "turns": "--turns", "concurrency": "--concurrency", "temperature": "--temperature", "seed": "--seed", "lora": "--lora",
@@ -72,23 +72,14 @@ def role_fields(model: str | None, endpoints: list[str] | None, key_env: str | N
                               "backend": backend if backend != "auto" else None}.items() if v is not None}
 
 
-_TIMEOUT = re.compile(r"^(?:(therapist|client|judge):)?(connect|first_byte|first-byte|total|deadline)=([0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
-
-
 def parse_timeouts(values: list[str]) -> dict[str, dict[str, float]]:
     """--timeout [ROLE:]KIND=SECONDS, KIND one of connect, first-byte, total, deadline; no role: every role."""
-    out: dict[str, dict[str, float]] = {}
-    for value in values:
-        match = _TIMEOUT.match(value.strip())
-        if not match:
-            raise typer.BadParameter(f"'{value}': expected [ROLE:]KIND=SECONDS, KIND one of connect, first-byte, total, deadline",
-                                     param_hint="--timeout")
-        role, kind, seconds = match.groups()
-        if float(seconds) <= 0:
-            raise typer.BadParameter(f"'{value}': seconds must be positive", param_hint="--timeout")
-        for name in ([role] if role else ["therapist", "client", "judge"]):
-            out.setdefault(name, {})[f"timeout_{kind.replace('-', '_')}"] = float(seconds)
-    return out
+    from evalkit.pipeline.spec import parse_timeouts as parse
+
+    try:
+        return parse(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--timeout") from None
 
 
 def parse_vllm_args(text: str) -> list[str]:
@@ -99,13 +90,12 @@ def parse_vllm_args(text: str) -> list[str]:
 
 
 def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise typer.BadParameter(f"'{value}': expected NAME=PATH", param_hint=flag)
-        out[name.strip()] = path.strip()
-    return out
+    from evalkit.pipeline.spec import parse_pairs as parse
+
+    try:
+        return parse(values, flag)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
 
 
 def given(ctx: typer.Context, name: str) -> bool:

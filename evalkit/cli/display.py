@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from rich.markup import escape
@@ -15,16 +16,21 @@ from evalkit.store.records import Summary, Transcript
 
 
 class RichReporter(Reporter):
-    """Progress bars for sessions, turns and scoring; warnings as they happen."""
+    """Progress bars for sessions, turns and scoring on a terminal; in a CI log (not a terminal), a plain line every
+    `EVALKIT_PROGRESS_SECONDS` (default 15) with counts, rates and an ETA. Warnings as they happen."""
 
     def __init__(self, enabled: bool = True):
+        self._plain = enabled and not console.is_terminal
         self._bar = Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                             console=console, disable=not enabled, transient=False)
+                             console=console, disable=not enabled or self._plain, transient=False)
         self._tasks: dict[str, int] = {}
+        self._counts: dict[str, list] = {}  # name -> [done, total, started]
         self._tokens = self._scored = 0
         self._started = self._scoring_started = time.perf_counter()
         self._running = False
+        self._every = float(os.environ.get("EVALKIT_PROGRESS_SECONDS", "15"))
+        self._last_line = time.perf_counter()
 
     def _task(self, name: str, total: int | None, done: int = 0, rate: str = "") -> int:
         if not self._running:
@@ -32,7 +38,28 @@ class RichReporter(Reporter):
             self._running = True
         if name not in self._tasks:
             self._tasks[name] = self._bar.add_task(name, total=total, rate=rate, completed=done)
+            self._counts[name] = [done, total, time.perf_counter(), done]
         return self._tasks[name]
+
+    def _advance(self, name: str, n: int, rate: str) -> None:
+        self._bar.update(self._task(name, None), advance=n, rate=rate)
+        self._counts[name][0] += n
+        if self._plain and time.perf_counter() - self._last_line >= self._every:
+            self._line()
+
+    def _line(self) -> None:
+        self._last_line = now = time.perf_counter()
+        parts = []
+        for name, (done, total, started, resumed) in self._counts.items():
+            if total is None:
+                parts.append(f"{name} {done}")
+                continue
+            part = f"{name} {done}/{total}"
+            fresh, rate = done - resumed, (done - resumed) / max(now - started, 1e-6)
+            if 0 < fresh and done < total:
+                part += f" (ETA {_duration((total - done) / rate)})"
+            parts.append(part)
+        console.print(f"progress: {', '.join(parts)}; elapsed {_duration(now - self._started)}", markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         warn(message)
@@ -47,10 +74,10 @@ class RichReporter(Reporter):
     def turn_done(self, completion: Completion) -> None:
         self._tokens += completion.completion_tokens or 0
         rate = self._tokens / max(time.perf_counter() - self._started, 1e-6)
-        self._bar.update(self._task("turns", None), advance=1, rate=f"{rate:,.0f} tok/s")
+        self._advance("turns", 1, f"{rate:,.0f} tok/s")
 
     def session_done(self, transcript: Transcript) -> None:
-        self._bar.update(self._task("sessions", None), advance=1)
+        self._advance("sessions", 1, "")
 
     def scoring(self, total: int, done: int) -> None:
         self._scoring_started = time.perf_counter()
@@ -59,12 +86,19 @@ class RichReporter(Reporter):
     def rows_scored(self, n: int) -> None:
         self._scored += n
         rate = self._scored / max(time.perf_counter() - self._scoring_started, 1e-6)
-        self._bar.update(self._task("scoring", None), advance=n, rate=f"{rate:,.1f} rows/s")
+        self._advance("scoring", n, f"{rate:,.1f} rows/s")
 
     def close(self) -> None:
+        if self._plain and self._counts:
+            self._line()
         if self._running:
             self._bar.stop()
             self._running = False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _fmt(value: float | None) -> str:
@@ -96,11 +130,27 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
         console.print("left out of these statistics: " + ", ".join(f"{n} {why} session(s)" for why, n in summary.excluded.items())
                       + " (--include-flagged keeps flagged ones)", soft_wrap=True)
     adherence = summary.adherence
-    if adherence and adherence.overall is not None:
-        worst = sorted(adherence.per_persona.items(), key=lambda kv: kv[1])[:3]
-        console.print(f"persona adherence: {adherence.overall:.0%} overall over {adherence.sessions_checked} sessions; "
-                      f"{len(adherence.flagged)} flagged below {adherence.threshold:.0%}; lowest: "
-                      + ", ".join(f"{escape(p)} {r:.0%}" for p, r in worst), soft_wrap=True)
+    if adherence:
+        print_adherence(adherence)
+    if summary.invalid_reasons:
+        reasons = "; ".join(f"{n}× {escape(reason)}" for reason, n in summary.invalid_reasons.items())
+        console.print(f"invalid score rows: {summary.counts.invalid_score_rows}, never counted as zero. Why: {reasons}. "
+                      "--rejudge-invalid asks again; --judge-min-mass sets the probability the judge must put on the "
+                      "allowed answers; a judge that fails `evalkit judge check` should not be trusted", soft_wrap=True)
+
+
+def print_adherence(adherence) -> None:
+    """Persona adherence: sessions checked and unchecked, pass rate per kind of check, what flagged sessions failed."""
+    if adherence.sessions_checked:
+        checks = ", ".join(f"{escape(c)} {r:.0%}" for c, r in adherence.per_check.items())
+        failed = "; ".join(f"{escape(c)}: {n}" for c, n in adherence.flagged_by_check.items())
+        console.print(f"persona adherence over {adherence.sessions_checked} checked sessions, pass rate per check: {checks}; "
+                      f"{len(adherence.flagged)} flagged (a check below {adherence.threshold:.0%})"
+                      + (f", failing {failed}" if failed else ""), soft_wrap=True)
+    if adherence.sessions_unchecked:
+        warn(f"{adherence.sessions_unchecked} session(s) unchecked: none of their persona checks could be read "
+             f"({adherence.invalid_checks} invalid readings); they are kept in the statistics but their simulated client was "
+             "never checked")
 
 
 

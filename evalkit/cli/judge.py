@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from evalkit.cli.common import role_fields, run_async_command
-from evalkit.core.console import console
+from evalkit.core.console import console, out_console
 from evalkit.core.errors import EvalkitError
 
 judge_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -53,6 +54,56 @@ def judge_validate(
     report_ = run_async_command(validate_judge(ratings, spec, out=out, rounds=bootstrap, seed=seed, repeats=repeats,
                                                min_mass=judge_min_mass))
     print_validation(report_, out)
+
+
+@judge_app.command("check")
+def judge_check(
+    judge_model: Annotated[Optional[str], typer.Option(help="Judge model path/id (managed vLLM).")] = None,
+    judge_endpoint: Annotated[Optional[str], typer.Option(help="Judge endpoint.")] = None,
+    judge_api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the judge endpoint's API key.")] = None,
+    judge_backend: Annotated[str, typer.Option(help="How the judge is run (as run's --backend).")] = "auto",
+    suite: Annotated[Optional[list[str]], typer.Option(help="Only these instruments' vignettes: act-fm, tes, safety, persona-adherence, or a vignette YAML path; repeat (default: all four).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for judge-check.json (default: results/judge-check-<time>).")] = None,
+    judge_min_mass: Annotated[float, typer.Option(help="As for run: the judge's minimum probability on the score tokens.")] = 0.5,
+) -> None:
+    """Is the judge fit to rate? Rate the shipped calibration vignettes (clearly high and clearly low on named items)
+    and report, per item and instrument, the share of high/low pairs ordered correctly, the mean gap, the invalid
+    share and a verdict. Exit 0 fit, 1 unfit."""
+    from datetime import datetime
+
+    from evalkit.judging.fitness import check_judge
+
+    spec = judge_role(judge_model, judge_endpoint, judge_api_key_env, judge_backend)
+    if not spec.given:
+        raise typer.BadParameter("give the judge", param_hint="--judge-model / --judge-endpoint")
+    if not 0 <= judge_min_mass <= 1:
+        raise typer.BadParameter("expected a probability between 0 and 1", param_hint="--judge-min-mass")
+    out = out or Path("results") / f"judge-check-{datetime.now():%Y%m%d-%H%M%S}"
+    report_ = run_async_command(check_judge(spec, out=out, sets=suite, min_mass=judge_min_mass))
+    print_fitness(report_, out)
+    raise typer.Exit(0 if report_.verdict == "fit" else 1)
+
+
+def print_fitness(report, out: Path) -> None:
+    def pct(value) -> str:
+        return "—" if value is None else f"{value:.0%}"
+
+    table = Table(title=f"judge {report.judge['model']}: fitness on evalkit's vignettes", title_justify="left")
+    for column in ("instrument", "item", "pairs", "ordered right", "mean gap", "invalid"):
+        table.add_column(column, overflow="fold")
+    for rubric, inst in report.instruments.items():
+        weak = [i for i in inst.items.values() if i.accuracy is None or i.accuracy < 1]
+        for item in weak:
+            table.add_row(rubric, item.item, str(item.pairs), pct(item.accuracy), pct(item.mean_gap), f"{item.invalid}/{item.readings}")
+        table.add_row(f"[bold]{rubric}[/bold]", f"[bold]all {len(inst.items)} items: {inst.verdict}[/bold]", str(inst.pairs),
+                      pct(inst.accuracy), pct(inst.mean_gap), f"{inst.invalid}/{inst.readings}", end_section=True)
+    out_console.print(table)
+    for rubric, inst in report.instruments.items():
+        for reason in inst.reasons:
+            console.print(f"{rubric}: unfit: {escape(reason)}", soft_wrap=True)
+    verdict = "[bold green]fit[/bold green]" if report.verdict == "fit" else "[bold red]not fit[/bold red]"
+    console.print(f"judge check: {verdict} · items ordered right in every pair are not listed · report: "
+                  f"[bold]{escape(str(out / 'judge-check.json'))}[/bold] (record it in runs with --judge-check)", soft_wrap=True)
 
 
 @judge_app.command("train")

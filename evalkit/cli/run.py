@@ -65,6 +65,7 @@ def run_command(
     replay_client: Annotated[Optional[Path], typer.Option(help="Re-use a stored run's client turns while the therapist's replies match it (low-noise gates).")] = None,
     scripted_client: Annotated[Optional[Path], typer.Option(help="Take every client turn from a scripts YAML (deterministic checks).")] = None,
     judge_validation: Annotated[Optional[Path], typer.Option(help="The judge's validation.json (evalkit judge validate), recorded in the manifest.")] = None,
+    judge_check: Annotated[Optional[Path], typer.Option(help="The judge's judge-check.json (evalkit judge check on the shipped vignettes), recorded in the manifest.")] = None,
     emotion_model: Annotated[Optional[Path], typer.Option(help="Reference suites: a sequence-classification model (transformers) for emotion accuracy.")] = None,
     emotion_label: Annotated[Optional[list[str]], typer.Option(help="MODEL_LABEL=DATASET_LABEL mapping of the emotion classifier's labels; repeat.")] = None,
     reward_endpoint: Annotated[Optional[str], typer.Option(help="vLLM server of a reward model, for suites that score with it ({rubric: reward, scorer: reward}).")] = None,
@@ -72,6 +73,7 @@ def run_command(
     mlflow: Annotated[Optional[str], typer.Option(help="Log the run to MLflow at this tracking URI (e.g. file:./mlruns).")] = None,
     wandb: Annotated[Optional[str], typer.Option(help="Log the run to this Weights & Biases project (WANDB_MODE=offline works offline).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the run's effective configuration as a --config file and exit without running.")] = False,
 ) -> None:
     """Simulate sessions against a model, score them, and write a run directory."""
     from evalkit.pipeline.spec import EvalSpec
@@ -86,7 +88,7 @@ def run_command(
         "reasoning_parser": reasoning_parser, "trust_remote_code": trust_remote_code, "judge_min_mass": judge_min_mass,
         "judge_mass_check": not no_mass_check, "adherence": not no_adherence, "adherence_threshold": adherence_threshold,
         "include_flagged": include_flagged, "replay_client": replay_client, "scripted_client": scripted_client,
-        "judge_validation": judge_validation, "emotion_model": emotion_model,
+        "judge_validation": judge_validation, "judge_check": judge_check, "emotion_model": emotion_model,
         "emotion_labels": parse_pairs(emotion_label or [], "--emotion-label"), "reward_endpoint": reward_endpoint}
     params = {"client": ("client_model", "client_endpoint", "client_api_key_env", "client_backend"),
               "judge": ("judge_model", "judge_endpoint", "judge_api_key_env", "judge_backend"),
@@ -109,6 +111,10 @@ def run_command(
             one["out"] = out / Path(str(m)).name
         specs.append(build_spec(EvalSpec, one, config))
     from evalkit.cli.display import RichReporter, print_summary
+    if print_config:
+        for spec in specs:
+            print(("---\n" if len(specs) > 1 else "") + spec.to_yaml(), end="")
+        return
     from evalkit.pipeline.api import write_run_report
     from evalkit.pipeline.evaluate import evaluate_many
 
@@ -207,3 +213,28 @@ def demo(
     write_run_report(result.directory)
     print_summary(result.summary, {r.id: {i.id: i.name for i in r.items} for r in rubrics_of(result.directory)})
     console.print(f"demo finished: transcripts, scores and summary are in [bold]{escape(str(result.directory))}[/bold]", soft_wrap=True)
+
+
+def runs(
+    root: Annotated[Path, typer.Argument(help="Folder to look in (default: results).")] = Path("results"),
+) -> None:
+    """List the runs under a folder: suite, model, status, sessions, judge, when."""
+    from rich.table import Table
+
+    from evalkit.core.console import out_console
+    from evalkit.store.rundir import find_runs
+
+    table = Table(title=f"runs under {root}", title_justify="left")
+    for column in ("run", "suite", "model", "status", "sessions", "judge", "started"):
+        table.add_column(column, overflow="fold")
+    count = 0
+    for directory, manifest in find_runs(root):
+        count += 1
+        judge = manifest.roles.get("judge")
+        table.add_row(escape(str(directory)), manifest.config.suite.id, escape(manifest.roles["therapist"].model),
+                      manifest.status, f"{manifest.counts.sessions}/{manifest.sessions_requested}",
+                      escape(judge.model) if judge else "—", f"{manifest.started_at:%Y-%m-%d %H:%M}")
+    if count:
+        out_console.print(table)
+    else:
+        console.print(f"no evalkit runs under {escape(str(root))}")

@@ -1,4 +1,4 @@
-"""The terminal: one rich console on stderr, warnings in one style, and no secret ever printed.
+"""The terminal: tables and listings on stdout, progress and warnings on stderr, and no secret ever printed.
 
 Imports nothing from evalkit but `secrets`.
 """
@@ -17,12 +17,13 @@ from evalkit.core.secrets import scrub
 class _Scrubbed:
     """A text stream that removes known API keys from everything written through it."""
 
-    def __init__(self, target: TextIO | None = None):
+    def __init__(self, target: TextIO | None = None, stream: str = "stderr"):
         self.target = target
+        self.stream = stream
 
     @property
     def _out(self) -> TextIO:
-        return self.target or sys.stderr  # looked up on each write, so tests that swap sys.stderr see the output
+        return self.target or getattr(sys, self.stream)  # looked up on each write, so tests that swap the stream see it
 
     def write(self, text: str) -> int:
         return self._out.write(scrub(text))
@@ -42,6 +43,9 @@ class _Scrubbed:
 
 
 console = Console(file=_Scrubbed())  # type: ignore[arg-type]
+"""Progress, warnings and messages: stderr."""
+out_console = Console(file=_Scrubbed(stream="stdout"))  # type: ignore[arg-type]
+"""Tables and listings, what a user pipes into grep: stdout."""
 
 
 def warn(message: str) -> None:

@@ -24,6 +24,7 @@ from evalkit.pipeline.lifecycle import RunLifecycle
 from evalkit.pipeline.prepare import (
     Prepared,
     default_run_dir,
+    judge_check_record,
     judge_validation_record,
     prepare,
     role_record,
@@ -94,6 +95,7 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
         model_name = therapist.spec.model or (therapist.backend.info.model if therapist.backend else None)
         directory = Path(spec.out or default_run_dir(loaded.suite.id, model_name, config))
         validation = judge_validation_record(Path(spec.judge_validation), config.roles["judge"]) if spec.judge_validation else None
+        fitness = judge_check_record(Path(spec.judge_check), config.roles["judge"]) if spec.judge_check else None
         store = RunDir(directory)
         lifecycle = RunLifecycle(store, command)
         previous = lifecycle.open(config, resume=spec.resume)
@@ -113,7 +115,8 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
             self_play=self_play, self_judged=self_judged,
             sessions_requested=max(len(prepared.cases), previous.sessions_requested if previous else 0),
             started_at=previous.started_at if previous else datetime.now(timezone.utc),
-            host=host_info(), warnings=warnings, judge_validation=validation, inclusion=prepared.inclusion))
+            host=host_info(), warnings=warnings, judge_validation=validation, judge_check=fitness,
+            inclusion=prepared.inclusion))
         client = None
         if prepared.session:
             client = SimulatedClient(roles["client"].backend, prepared.sampling["client"])

@@ -106,6 +106,23 @@ def judge_validation_record(path: Path, judge_identity: str) -> dict:
             "raters": len(report.raters), "icc_a1_by_composite": headline}
 
 
+def judge_check_record(path: Path, judge_identity: str) -> dict:
+    """The fitness check (`evalkit judge check`) a run's judge passed or failed; it must be about this very judge."""
+    from evalkit.core.fileio import read_model
+    from evalkit.judging.fitness import FitnessReport
+
+    try:
+        report = read_model(path, FitnessReport, what="judge check report")
+    except ConfigError as exc:
+        raise ConfigError(f"judge_check {exc}") from None
+    if report.judge.get("identity") != judge_identity:
+        raise ConfigError(f"judge_check {path}: it checked judge {report.judge.get('identity')}, but this run's judge is {judge_identity}")
+    return {"report": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "created_at": report.created_at.isoformat(), "verdict": report.verdict,
+            "instruments": {r: {"verdict": i.verdict, "accuracy": i.accuracy, "invalid": i.invalid, "readings": i.readings,
+                                "reasons": i.reasons} for r, i in report.instruments.items()}}
+
+
 def role_record(role: Role, sampling: dict[str, SamplingParams]) -> RoleRecord:
     info = role.backend.info.model_dump()  # type: ignore[union-attr]
     if role.kind != "openai":

@@ -86,7 +86,7 @@ async def rescore_async(source: str | Path, *, judge: RoleConfig | Backend, out:
             "self_judged": role.identity == therapist, "counts": source_manifest.counts.model_copy(update={
                 "score_rows": 0, "invalid_score_rows": 0, "sessions_scored": 0, "flagged_sessions": 0}),
             "started_at": previous.started_at if previous else datetime.now(timezone.utc), "ended_at": None,
-            "host": host_info(), "rescored_from": str(source_dir.directory.resolve()), "judge_validation": None,
+            "host": host_info(), "rescored_from": str(source_dir.directory.resolve()), "judge_validation": None, "judge_check": None,
             "inclusion": inclusion}))
         if not out_dir.path("inputs").is_dir():
             out_dir.write_inputs(loaded)

@@ -5,6 +5,8 @@ or any file is written; an error names the field (the CLI names the flag).
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ class EvalSpec(BaseModel):
     replay_client: Path | None = None
     scripted_client: Path | None = None
     judge_validation: Path | None = None
+    judge_check: Path | None = Field(None, description="the judge's judge-check.json (evalkit judge check), recorded in the manifest")
     report: bool = Field(True, description="write report.html")
 
     @model_validator(mode="after")
@@ -68,13 +71,98 @@ class EvalSpec(BaseModel):
 
     @classmethod
     def from_file(cls, path: Path, overrides: dict[str, Any] | None = None) -> EvalSpec:
-        """A run configuration YAML (every field above), with `overrides` (e.g. flags given on the command line) on top."""
-        base = load_yaml_model(Path(path), _Partial).model_dump(exclude_unset=True)
+        """A run configuration YAML, with `overrides` (e.g. flags given on the command line) on top.
+
+        Keys are either the flags' spellings (`judge-model`, `api-key-env`, `no-mass-check`, `timeout`, ...) or
+        the fields below (`judge: {model: ...}`), freely mixed; docs/config.md has a complete example.
+        """
+        raw = load_yaml_model(Path(path), _Raw).model_dump()
+        try:
+            fields = from_flag_spellings(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        try:
+            base = _Partial.model_validate(fields).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(str(path), exc)) from None
         merged = _merge(base, overrides or {})
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(str(path), exc)) from None
+
+
+    def to_yaml(self) -> str:
+        """This specification as a config file `--config` reads back (only what differs from the defaults)."""
+        import yaml
+
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        for role in ("therapist", "client", "judge"):
+            if not data.get(role):
+                data.pop(role, None)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+class _Raw(BaseModel):
+    """A config file as written: any mapping (its spellings are sorted out by `from_flag_spellings`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+_ROLE_FIELDS = ("model", "endpoint", "api_key_env", "backend")
+_NEGATED = {"no_mass_check": "judge_mass_check", "no_adherence": "adherence"}
+_TIMEOUT = re.compile(r"^(?:(therapist|client|judge):)?(connect|first_byte|total|deadline)=([0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
+
+
+def parse_timeouts(values: list[str]) -> dict[str, dict[str, float]]:
+    """[ROLE:]KIND=SECONDS, KIND one of connect, first-byte, total, deadline; no role: every role."""
+    out: dict[str, dict[str, float]] = {}
+    for value in values:
+        match = _TIMEOUT.match(str(value).strip().replace("first-byte", "first_byte"))
+        if not match:
+            raise ValueError(f"'{value}': expected [ROLE:]KIND=SECONDS, KIND one of connect, first-byte, total, deadline")
+        role, kind, seconds = match.groups()
+        if float(seconds) <= 0:
+            raise ValueError(f"'{value}': seconds must be positive")
+        for name in ([role] if role else ["therapist", "client", "judge"]):
+            out.setdefault(name, {})[f"timeout_{kind}"] = float(seconds)
+    return out
+
+
+def parse_pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, path = str(value).partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{what} '{value}': expected NAME=VALUE")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def from_flag_spellings(data: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping written with the flags' spellings turned into EvalSpec's fields; field names pass through."""
+    out: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).lstrip("-").replace("-", "_")
+        role = re.fullmatch(r"(client|judge)_(model|endpoint|api_key_env|backend)", key)
+        if key in _NEGATED:
+            out[_NEGATED[key]] = not value if isinstance(value, bool) else value
+        elif key in _ROLE_FIELDS:
+            out.setdefault("therapist", {})[key] = value
+        elif role:
+            out.setdefault(role[1], {})[role[2]] = value
+        elif key in ("therapist", "client", "judge") and isinstance(value, dict):
+            out.setdefault(key, {}).update({str(k).replace("-", "_"): v for k, v in value.items()})
+        elif key == "timeout":
+            for name, values in parse_timeouts([value] if isinstance(value, str) else list(value)).items():
+                out.setdefault(name, {}).update(values)
+        elif key in ("lora", "emotion_label") and not isinstance(value, dict):
+            out["lora" if key == "lora" else "emotion_labels"] = parse_pairs([value] if isinstance(value, str) else list(value), key)
+        elif key == "vllm_args" and isinstance(value, str):
+            out[key] = shlex.split(value)
+        else:
+            out[key] = value
+    return out
 
 
 class _Partial(BaseModel):

@@ -73,7 +73,11 @@ async def simulate(loaded: LoadedSuite, store: RunDir, cases: list, *, therapist
                    sampling: SamplingParams, concurrency: int, reporter: Reporter) -> None:
     """Run every case that has no transcript yet; each transcript is appended as soon as its session ends."""
     done = set(store.sources())
-    reporter.sessions(len(cases), sum(c.session_id in done for c in cases))
+    resumed = sum(c.session_id in done for c in cases)
+    if len(done) > resumed:
+        reporter.note(f"{store.directory} already holds {len(done)} sessions and {len(cases)} were asked for: the summary "
+                      f"covers all {len(done) + len(cases) - resumed} (a run is extended by asking for more, never shrunk)")
+    reporter.sessions(len(cases), resumed)
     engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt, turns=turns,
                            therapist=therapist, client=client, therapist_sampling=sampling, reporter=reporter,
                            formulation=loaded.wants_formulation)
@@ -143,6 +147,10 @@ def count(store: RunDir, plan: ScoringPlan, values: dict[str, list[ScoreValue]] 
         counts.missing_score_rows += missing
         counts.truncated_sessions += transcript.truncated
         counts.reasoning_turns += sum(t.reasoning is not None for t in transcript.turns)
+        for turn in transcript.turns:
+            used = counts.tokens.setdefault(turn.role, {"prompt": 0, "generated": 0})
+            used["prompt"] += turn.prompt_tokens or 0
+            used["generated"] += turn.completion_tokens or 0
     for rows in values.values():
         counts.score_rows += len(rows)
         counts.invalid_score_rows += sum(not v.valid for v in rows)
@@ -158,6 +166,7 @@ def summarise_run(store: RunDir, plan: ScoringPlan, settings: JudgeSettings, inc
     counts.flagged_sessions = sum(v.flagged for v in views)
     summary = summarise(store.name, loaded.suite.id, [(r, loaded.applies_to(r.id)) for r in loaded.rubrics], views, counts,
                         inclusion=inclusion, adherence_threshold=settings.adherence_threshold)
+    summary.invalid_reasons = store.invalid_reasons() if counts.invalid_score_rows else {}
     if any(s.id == "reference" for s in plan.scorers):
         summary.reference = _reference_summary(store, plan, values)
     store.write_summary(summary)

@@ -81,9 +81,21 @@ def _run_header(run: _Run) -> dict[str, Any]:
     warnings = list(m.warnings)
     if m.counts.invalid_score_rows:
         warnings.append(f"{m.counts.invalid_score_rows} scores could not be obtained (invalid, with their reasons; never counted as zero)")
-    if run.summary.adherence and run.summary.adherence.flagged:
-        excluded = "left out of the statistics" if run.summary.adherence.excluded_from_statistics else "kept in the statistics"
-        warnings.append(f"{len(run.summary.adherence.flagged)} sessions flagged for low persona adherence ({excluded})")
+    adherence = run.summary.adherence
+    if adherence and adherence.flagged:
+        excluded = "left out of the statistics" if adherence.excluded_from_statistics else "kept in the statistics"
+        failing = ", ".join(f"{c} {n}" for c, n in adherence.flagged_by_check.items())
+        warnings.append(f"{len(adherence.flagged)} sessions flagged for low persona adherence ({excluded}; failing: {failing})")
+    if adherence and adherence.sessions_unchecked:
+        warnings.append(f"{adherence.sessions_unchecked} sessions unchecked: none of their persona checks could be read "
+                        "(kept in the statistics; their simulated client was never checked)")
+    if adherence and adherence.per_check:
+        warnings.append("persona checks, pass rate per kind: " + ", ".join(f"{c} {r:.0%}" for c, r in adherence.per_check.items()))
+    if m.judge_check is None:
+        warnings.append("the judge has not been checked on evalkit's vignettes (evalkit judge check, then --judge-check)")
+    elif m.judge_check.get("verdict") != "fit":
+        unfit = [r for r, i in m.judge_check.get("instruments", {}).items() if i.get("verdict") != "fit"]
+        warnings.append(f"the judge FAILED its fitness check on the vignettes ({', '.join(unfit)}): its scores are not evidence")
     if m.counts.truncated_sessions:
         warnings.append(f"{m.counts.truncated_sessions} sessions have a therapist turn cut off by max_tokens")
     if m.counts.reasoning_turns:

@@ -188,6 +188,8 @@ class RunCounts(_Record):
     truncated_sessions: int = Field(0, description="sessions with at least one therapist turn cut off by max_tokens")
     reasoning_turns: int = Field(0, description="turns whose reasoning was kept out of what the client and judge saw")
     flagged_sessions: int = Field(0, description="sessions whose simulated client fell below the adherence threshold")
+    tokens: dict[str, dict[str, int]] = Field({}, description="role -> prompt and generated tokens over the run's transcripts, "
+                                                              "where the server reported them")
 
 
 class Manifest(_Record):
@@ -210,6 +212,8 @@ class Manifest(_Record):
     rescored_from: str | None = Field(None, description="the run whose transcripts this run re-judged (evalkit rescore)")
     judge_validation: dict[str, Any] | None = Field(
         None, description="the validation report this run's judge was checked with: path, sha256, headline agreement")
+    judge_check: dict[str, Any] | None = Field(
+        None, description="the fitness check (judge check on the shipped vignettes) this run's judge passed or failed")
     inclusion: Inclusion = Field(Inclusion(), description="which sessions the statistics keep, unless a later command "
                                                           "is told otherwise")
 
@@ -279,6 +283,7 @@ class Summary(_Record):
     sessions_analysed: int = Field(0, description="sessions the statistics below are computed over")
     excluded: dict[str, int] = Field({}, description="sessions left out, by reason (flagged, truncated)")
     inclusion: Inclusion = Inclusion()
+    invalid_reasons: dict[str, int] = Field({}, description="why score rows are invalid: the most frequent reasons, with counts")
     ci_method: str
     counts: RunCounts = RunCounts()
     rubrics: dict[str, RubricSummary]

@@ -64,6 +64,24 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     return [key for key in a if a[key] != b.get(key)]
 
 
+def _reason_kind(reason: str) -> str:
+    """A reason with its figures blanked, so 'carried only 3.1%' and 'carried only 7.4%' count as one kind."""
+    import re
+
+    return re.sub(r"\d+(\.\d+)?", "#", reason)[:160]
+
+
+def find_runs(root: str | Path) -> Iterator[tuple[Path, Manifest]]:
+    """Every evalkit run directory under `root` (its manifest read), newest first; unreadable manifests are skipped."""
+    found = []
+    for manifest_path in Path(root).glob("**/" + MANIFEST):
+        try:
+            found.append((manifest_path.parent, read_model(manifest_path, Manifest, what="run manifest")))
+        except EvalkitError:
+            continue
+    yield from sorted(found, key=lambda pair: pair[1].started_at, reverse=True)
+
+
 class RunDir:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -139,6 +157,18 @@ class RunDir:
             key = (sys.intern(row.rubric), sys.intern(row.item))
             latest[row.session_id][key] = ScoreValue(*key, row.valid, row.expected)
         return {sid: list(rows.values()) for sid, rows in latest.items()}
+
+    def invalid_reasons(self, top: int = 5) -> dict[str, int]:
+        """The most frequent reasons among the latest rows that are invalid (numbers in a reason are kept: they say how
+        far off a reading was, so near-identical reasons are grouped by their text up to the first digit)."""
+        latest: dict[tuple[str, str, str], str | None] = {}
+        for row in self.iter_scores():
+            latest[(row.session_id, row.rubric, row.item)] = None if row.valid else sys.intern(row.reason or "no reason given")
+        counts: dict[str, int] = defaultdict(int)
+        for reason in latest.values():
+            if reason is not None:
+                counts[_reason_kind(reason)] += 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
 
     def written_keys(self) -> dict[str, dict[tuple[str, str], bool]]:
         """session -> (rubric, item) -> whether its latest row is valid."""
