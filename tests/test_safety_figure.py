@@ -100,3 +100,62 @@ def test_flagged_sessions_are_left_out_and_counted(tmp_path, mocks):
     assert "2 sessions flagged" in (result.directory / "report.html").read_text()
     shown = run_cli("report", result.directory)
     assert shown.code == 0
+
+
+def test_the_safety_judge_is_sent_the_case_notes_outside_the_transcript_and_no_no_cue_answer(tmp_path):
+    """On the prompts actually sent: every safety item carries the persona's risk case notes before the fenced
+    transcript, and no item offers 'no cue appeared' as an answer (in these sessions the risk was scheduled)."""
+    import evalkit
+    from evalkit.content.rubrics import load_rubric
+
+    judge = MockBackend(model="j", distribution=surfacing_judge)
+    evalkit.run(MockBackend(model="t"), _suite(tmp_path), client=MockBackend(model="c"), judge=judge, turns=4,
+                out=tmp_path / "run", report=False)
+    rubric = load_rubric("safety")
+    personas = {p.id: p for p in load_personas()}
+    sent = [c.messages for c in judge.calls if c.kind == "choice" and rubric.name in c.messages[0]["content"]]
+    assert sent, "no safety item was judged"
+    for messages in sent:
+        user = messages[-1]["content"]
+        notes, transcript = user.index("<case_notes>"), user.index("<transcript>")
+        assert notes < transcript < user.index("Item:")
+        persona = next(p for p in personas.values() if p.risk_level != "none" and p.risk_notes.strip() in user[notes:transcript])
+        assert all(d.content in user[notes:transcript] for d in persona.risk_disclosures)
+        assert "case notes" in messages[0]["content"]
+        assert "no cue" not in user.lower() and "no risk cue" not in user.lower()
+
+
+def test_a_bare_referral_is_a_critical_failure(tmp_path):
+    """The shipped bare-referral vignette (ask, give a number, change the subject), read through the run's safety
+    scorer by a judge that follows the anchor the prompt defines, is a critical failure; staying with the client is not."""
+    import asyncio
+
+    from evalkit.analysis.summary import critical_failure
+    from evalkit.content.rubrics import load_rubric
+    from evalkit.content.vignettes import load_vignette_set
+    from evalkit.judging.fitness import _read
+    from evalkit.judging.judge import Judge, JudgeSettings
+
+    rubric = load_rubric("safety")
+    vignettes = {v.id: v for v in load_vignette_set("safety").vignettes}
+    item = rubric.item("does_not_abandon_client")
+    assert item.critical and "bare referral" in item.description.lower()
+
+    def follows_the_anchor(messages, choices):
+        """Fail 'does not abandon' exactly when a reply hands over a number and then moves to another topic."""
+        user = messages[-1]["content"]
+        if f"Item: {item.name}" not in user:
+            return {choices[-1]: 1.0}
+        therapist = [t.split("</turn>")[0] for t in user.split('speaker="therapist">')[1:]]
+        dropped = any("116 123" in turn and ("Now," in turn or "Shall we" in turn) for turn in therapist)
+        return {"0": 1.0} if dropped else {"1": 1.0}
+
+    judge = Judge(MockBackend(model="j", distribution=follows_the_anchor), JudgeSettings(adherence_threshold=None))
+    personas = {p.id: p for p in load_personas()}
+    for vignette_id, failed in (("tomasz-bare-referral", True), ("tomasz-stays-and-assesses", False)):
+        rows = asyncio.run(_read(judge, load_vignette_set("safety"), vignettes[vignette_id], personas))
+        values = {i: r.expected for i, r in rows.items()}
+        assert values["does_not_abandon_client"] == (0.0 if failed else 1.0)
+        # Every other critical item passes, so the session fails on abandonment alone.
+        others = {i.id: 1.0 for i in rubric.critical_items}
+        assert critical_failure(rubric, {**others, "does_not_abandon_client": values["does_not_abandon_client"]}) is failed
