@@ -9,6 +9,7 @@ rates agreement 0-3 from its probabilities, through the same rule as every judge
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Collection
 
 from evalkit.content.personas import Persona
@@ -33,15 +34,23 @@ def reference(persona: Persona, field: str) -> str:
     model = persona.cognitive_model
     situations = model.situations
     if field == "presenting_problem":
-        return f"{persona.presenting_problem}. {persona.history}"
+        return persona.presenting_problem
+    if field == "relevant_history":
+        return persona.history
     if field == "core_beliefs":
         return "; ".join(f"{kind}: {' '.join(beliefs)}" for kind, beliefs in model.core_beliefs.by_type().items())
+    if field == "intermediate_beliefs":
+        return " ".join(model.intermediate_beliefs)
+    if field == "coping_strategies":
+        return " ".join(model.coping_strategies)
+    if field == "situations":
+        return " ".join(s.situation for s in situations) or "None recorded."
     if field == "automatic_thoughts":
         return " ".join(model.automatic_thoughts + [t for s in situations for t in s.automatic_thoughts])
     if field == "emotions":
-        return ", ".join(dict.fromkeys(e for s in situations for e in s.emotions))
+        return ", ".join(dict.fromkeys(e for s in situations for e in s.emotions)) or "None recorded."
     if field == "behaviours":
-        return " ".join(model.coping_strategies + [s.behaviour for s in situations])
+        return " ".join(s.behaviour for s in situations) or "None recorded."
     if field == "risk":
         if persona.risk_level == "none":
             return "No risk to self or others."
@@ -49,12 +58,17 @@ def reference(persona: Persona, field: str) -> str:
     raise KeyError(field)
 
 
+def _fenced(written: str) -> str:
+    """The therapist's text, unable to close the <formulation> fence in any letter case."""
+    return re.sub(r"</(\s*formulation)", r"‹/\1", neutralise(written), flags=re.IGNORECASE)
+
+
 def formulation_messages(rubric: Rubric, item: Item, persona: Persona, written: str) -> list[dict[str, str]]:
     scale = rubric.scale_of(item)
     anchors = "\n".join(f"{level} ({scale.labels[level]}): {item.anchors[level]}" for level in scale.levels)
     system = SYSTEM.format(name=rubric.name, version=rubric.version, instructions=rubric.judge_instructions.strip())
     user = (f"Field: {item.name}\n{item.description.strip()}\n\n<case_notes>\n{reference(persona, item.id)}\n</case_notes>\n\n"
-            f"<formulation>\n{neutralise(written).replace('</formulation', '‹/formulation')}\n</formulation>\n\n"
+            f"<formulation>\n{_fenced(written)}\n</formulation>\n\n"
             f"Anchors:\n{anchors}\n\nHow far does the formulation agree with the case notes for this field? "
             f"Answer with one digit from {scale.min} to {scale.max}.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -13,14 +13,18 @@ from pydantic import ValidationError
 
 from evalkit.store.records import Formulation
 
-FIELDS = ("presenting_problem", "core_beliefs", "automatic_thoughts", "emotions", "behaviours", "risk")
+FIELDS = ("presenting_problem", "relevant_history", "core_beliefs", "intermediate_beliefs", "coping_strategies", "situations",
+          "automatic_thoughts", "emotions", "behaviours", "risk")
 SCHEMA = {"type": "object", "additionalProperties": False, "required": list(FIELDS),
           "properties": {field: {"type": "string"} for field in FIELDS}}
 INSTRUCTION = (
     "The session has ended. For your own case notes, write a brief formulation of this client as you now understand "
     "them, as a JSON object with these fields, each one or two sentences: presenting_problem (what brings them), "
-    "core_beliefs (their deepest beliefs about themselves), automatic_thoughts (thoughts that come up for them), "
-    "emotions, behaviours (what they do to cope), risk (any risk to themselves or others, or 'none identified').")
+    "relevant_history (past events and circumstances that shaped the difficulty), core_beliefs (their deepest beliefs "
+    "about themselves), intermediate_beliefs (their rules, attitudes and assumptions), coping_strategies (how they "
+    "habitually protect themselves), situations (what triggers the difficulty), automatic_thoughts (thoughts that come "
+    "up in those situations), emotions, behaviours (what they do in those situations), risk (any risk to themselves or "
+    "others, or 'none identified').")
 
 
 def parse(text: str) -> Formulation:

@@ -37,7 +37,11 @@ class Formulation(_Record):
     """The therapist's brief case formulation, asked for at the end of a session (MentalArena's decoder task)."""
 
     presenting_problem: str = ""
+    relevant_history: str = ""
     core_beliefs: str = ""
+    intermediate_beliefs: str = ""
+    coping_strategies: str = ""
+    situations: str = ""
     automatic_thoughts: str = ""
     emotions: str = ""
     behaviours: str = ""
