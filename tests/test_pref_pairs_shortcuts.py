@@ -1,9 +1,10 @@
 """evalkit_counsel_pref cannot be solved without reading the client.
 
-Every baseline in evalkit.lm_eval_tasks.shortcuts sees only the two replies of a pair. On the shipped pairs
-each must stay near chance. On a synthetic set built with v1's flaw (every preferred reply asks a question)
-the same code must find the shortcut, so a pass on the shipped pairs means the pairs are balanced, not that
-the baselines are blind.
+evalkit.lm_eval_tasks.shortcuts runs a battery of reply-only shortcuts (single-feature rules with the direction
+chosen out of sample, a logistic regression on all features, character and word n-gram TF-IDF models), each
+cross-validated over pairs. On the shipped pairs the best of them must stay at or below CEILING. On a copy of
+the pairs with a planted flaw (the preferred reply is always one sentence longer) the same battery must find
+it, so a pass on the shipped pairs means the pairs are balanced, not that the battery is blind.
 """
 
 from __future__ import annotations
@@ -15,32 +16,57 @@ from types import SimpleNamespace
 
 import pytest
 
-from evalkit.lm_eval_tasks.shortcuts import shortcut_baselines
+from evalkit.lm_eval_tasks.shortcuts import FEATURES, battery, load_pairs, table
 
 pytest.importorskip("sklearn")
 
-CEILING, FLOOR = 0.60, 0.40
+CEILING = 0.60
 ASKING_IS_WRONG = ("question-at-wrong-moment", "withholding-information", "missed-imminent-risk")
+PLANTED = " Whatever you decide to do next, I will be here to listen and to think it through with you."
 
 
 @pytest.fixture(scope="module")
 def pairs():
-    from evalkit.lm_eval_tasks.utils import load_pairs
-
     return load_pairs().pairs
 
 
 @pytest.fixture(scope="module")
-def baselines(pairs) -> dict[str, float]:
-    return shortcut_baselines(pairs)
+def result(pairs):
+    return battery(pairs)
 
 
-def test_no_reply_only_rule_solves_the_pairs(baselines):
-    table = ", ".join(f"{name}={value:.3f}" for name, value in baselines.items())
-    for name in ("question_mark", "longer", "bow_logreg", "tfidf_logreg"):
-        assert baselines[name] <= CEILING, f"{name} solves the pairs without the client: {table}"
-    for name in ("question_mark", "longer"):  # the reverse rule ("pick the reply without ?", "the shorter") too
-        assert baselines[name] >= FLOOR, f"the reverse of {name} solves the pairs without the client: {table}"
+def test_the_battery_has_at_least_30_reply_only_features(result):
+    assert len(FEATURES) >= 30 and result.n_features == len(FEATURES)
+    rules = {s.name for s in result.shortcuts if s.name.startswith("rule:")}
+    assert rules == {f"rule:{name}" for name in FEATURES}
+    assert {"features_logreg", "char_tfidf", "word_tfidf"} <= {s.name for s in result.shortcuts}
+    assert all(0.0 <= s.accuracy <= 1.0 for s in result.shortcuts)
+
+
+def test_no_reply_only_shortcut_solves_the_pairs(result):
+    assert result.best.accuracy == max(s.accuracy for s in result.shortcuts)
+    assert result.best.accuracy <= CEILING, (f"{result.best.name} solves the pairs without the client "
+                                             f"(chance ceiling {result.shuffle_max:.3f}):\n{table(result, 10)}")
+
+
+def test_the_chance_ceiling_is_reported(result):
+    """The same selection (best of every shortcut) on label-shuffled copies: what luck alone reaches."""
+    assert len(result.shuffle_best) >= 20
+    assert result.shuffle_max == max(result.shuffle_best)
+    assert 0.5 < result.shuffle_max < 0.75, result.shuffle_best
+
+
+@pytest.mark.parametrize("longer", ["preferred", "dispreferred"])
+def test_the_battery_finds_a_planted_shortcut(pairs, longer):
+    """The flaw on purpose: one reply of every pair gets the same extra sentence. Found in either direction."""
+    planted = [SimpleNamespace(id=p.id, preferred=p.preferred + (PLANTED if longer == "preferred" else ""),
+                               dispreferred=p.dispreferred + (PLANTED if longer == "dispreferred" else ""))
+               for p in pairs]
+    found = battery(planted, shuffles=0, repeats=1)
+    assert found.best.accuracy > 0.8, table(found, 5)
+    assert found.accuracy("rule:sentences") > 0.8 and found.accuracy("char_tfidf") > 0.8, table(found, 10)
+    direction = next(s.direction for s in found.shortcuts if s.name == "rule:sentences")
+    assert direction == ("larger" if longer == "preferred" else "smaller")
 
 
 def test_pairs_where_asking_is_the_wrong_move(pairs):
@@ -56,27 +82,10 @@ def test_ids_are_unique_and_the_two_replies_differ(pairs):
         assert pair.preferred.strip().casefold() != pair.dispreferred.strip().casefold(), pair.id
 
 
-def test_the_baselines_find_a_planted_shortcut():
-    """v1's flaw on purpose: the preferred reply always asks, the dispreferred one never does."""
-    topics = ["work", "money", "your sister", "sleep", "the exams", "your father", "the move", "the diagnosis",
-              "your marriage", "the baby", "school", "the debt", "your health", "the break-up", "your son",
-              "the funeral", "your boss", "the drinking", "the court case", "your mother", "the new job",
-              "the divorce", "your friends", "the surgery", "the neighbours", "the visa", "your daughter",
-              "the redundancy", "your grandmother", "the pregnancy", "the bullying", "the loan", "your brother",
-              "the accident", "the wedding", "your partner", "the pain", "the flat", "your team", "the trial"]
-    planted = [SimpleNamespace(id=f"s{i:02d}",
-                               preferred=f"It sounds like {topic} has been weighing on you. What has {topic} been like for you lately?",
-                               dispreferred=f"You should stop worrying about {topic}. Just try to relax and it will pass.")
-               for i, topic in enumerate(topics)]
-    found = shortcut_baselines(planted)
-    assert found["question_mark"] == 1.0 and found["ends_with_question"] == 1.0
-    assert found["bow_logreg"] > 0.9 and found["tfidf_logreg"] > 0.9, found
-
-
 def test_importing_the_module_does_not_load_sklearn():
     code = ("import sys, evalkit\n"
             "before = {m for m in sys.modules if m.split('.')[0] == 'sklearn'}\n"
             "import evalkit.lm_eval_tasks.shortcuts\n"
             "assert {m for m in sys.modules if m.split('.')[0] == 'sklearn'} == before\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

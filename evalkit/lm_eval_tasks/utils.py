@@ -23,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
+import sys
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,6 +143,11 @@ async def _judge_all(items: list[tuple[str, str, str]]) -> dict[str, dict[str, f
         rows = await asyncio.gather(*(scorer.score(_transcript(*item), None, judge) for item in items))
     finally:
         await backend.aclose()
+    reasons = Counter(re.sub(r"\d+(\.\d+)?", "#", r.reason or "no reason given") for scored in rows for r in scored if not r.valid)
+    if reasons:  # lm-eval shows only the count; say why, and what changes it
+        top = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(3))
+        print(f"evalkit: {sum(reasons.values())} judge readings invalid (never scored as zero). Why: {top}. "
+              "EVALKIT_JUDGE_MIN_MASS sets the probability the judge must put on the score tokens.", file=sys.stderr)
     return {item[0]: {r.item: (r.expected if r.valid else None) for r in scored} for item, scored in zip(items, rows, strict=True)}
 
 
