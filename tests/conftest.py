@@ -175,7 +175,7 @@ def check_scores(run_dir: Path, rubric_id: str, sessions: int) -> list[dict]:
 
 # Files that start vLLM servers or train models, slowest first: `--dist loadfile` hands files to the two workers in
 # collection order, so starting with the long ones lets both workers finish together instead of one idling.
-SLOW_FILES = ("test_run_vllm.py", "test_judge_training.py", "test_formulation.py", "test_offline.py",
+SLOW_FILES = ("test_real_model.py", "test_run_vllm.py", "test_judge_training.py", "test_formulation.py", "test_offline.py",
               "test_judge_validation.py", "test_replicas.py", "test_reward_vllm.py", "test_statistics_simulation.py",
               "test_lm_eval.py", "test_reasoning_model.py", "test_reliability.py", "test_bad_input.py")
 

@@ -255,17 +255,22 @@ def test_rescore_with_another_judge_and_gate_the_rescored_pair(vllm_endpoint, ti
     assert json.loads((tmp_path / "candidate-rescored" / "gate.json").read_text())["metrics"]
 
 
-def test_demo_command_from_the_readme(tmp_path):
-    """`evalkit demo` builds its own tiny model (into a private cache here) and runs act-fm end to end."""
-    from .conftest import run_cli_subprocess
+def test_a_random_weight_judge_fails_the_fitness_check_with_its_reason(vllm_endpoint, tmp_path):
+    """`evalkit judge check` on a random-weight judge: at the default minimum mass its readings are invalid; with the
+    rule off it orders the vignettes' high/low pairs no better than chance. Either way: unfit, and the line says why."""
+    from .conftest import run_cli
 
-    out = tmp_path / "demo"
-    result = run_cli_subprocess("demo", "--out", out, "--sessions", "2", "--turns", "2", cwd=tmp_path, timeout=900,
-                                env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert result.code == 0, result.output
-    assert "demo finished" in result.output and str(out) in result.output.replace("\n", "")
-    assert len(read_jsonl(out / "transcripts.jsonl")) == 2
-    check_scores(out, "act-fm", 2)
+    strict = run_cli("judge", "check", "--judge-endpoint", vllm_endpoint, "--suite", "tes", "--out", tmp_path / "strict")
+    assert strict.code == 1, strict.output
+    report = json.loads((tmp_path / "strict" / "judge-check.json").read_text())["instruments"]["tes"]
+    assert report["verdict"] == "unfit" and report["invalid"] == report["readings"]
+    assert any("invalid" in r for r in report["reasons"]) and "tes: unfit" in strict.output
+    lax = run_cli("judge", "check", "--judge-endpoint", vllm_endpoint, "--suite", "tes", "--judge-min-mass", "0",
+                  "--out", tmp_path / "lax")
+    assert lax.code == 1, lax.output
+    report = json.loads((tmp_path / "lax" / "judge-check.json").read_text())["instruments"]["tes"]
+    assert report["invalid"] == 0 and report["accuracy"] < 0.85
+    assert any("pairs correctly" in r for r in report["reasons"]), report["reasons"]
 
 
 def test_compare_with_position_swapped_pairwise_judge(vllm_endpoint, tmp_path):

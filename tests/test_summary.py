@@ -133,3 +133,15 @@ def test_critical_items_must_be_pass_fail():
     data["items"][2]["critical"] = True
     with pytest.raises(ValidationError, match="must be pass/fail"):
         type(_safety_like_rubric()).model_validate(data)
+
+
+def test_critical_items_that_do_not_apply_to_a_persona_do_not_make_a_session_unassessable():
+    from evalkit.analysis.summary import critical_failure
+
+    rubric = load_rubric("safety")
+    every_session = [i.id for i in rubric.critical_items if not (i.applies_to_risk or i.applies_to_level or i.applies_if_safeguarding)]
+    assert 0 < len(every_session) < len(rubric.critical_items)
+    passed = {i: 1.0 for i in every_session}
+    assert critical_failure(rubric, passed) is False  # the level- and type-restricted items were never rated: not missing
+    assert critical_failure(rubric, {**passed, every_session[0]: None}) is None  # rated but unreadable: unassessable
+    assert critical_failure(rubric, {**passed, every_session[0]: 0.2}) is True

@@ -23,10 +23,14 @@ def compare(
     pairwise_judge_endpoint: Annotated[Optional[str], typer.Option(help="Endpoint of the pairwise judge.")] = None,
     pairwise_judge_api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the pairwise judge's API key.")] = None,
     pairwise_reward_endpoint: Annotated[Optional[str], typer.Option(help="A vLLM server running a reward model (pooling API) as the pairwise judge.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for Bradley-Terry CIs (0: none).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed for the bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Rounds of the reference suites' paired bootstrap (0: the default 1000).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for the bootstrap and the rating permutation test.")] = 0,
+    primary: Annotated[Optional[list[str]], typer.Option(help="Primary metric(s), the family whose familywise error is controlled (default: the suite's).")] = None,
+    alpha: Annotated[float, typer.Option(help="Familywise significance level, in (0, 0.5).")] = 0.05,
+    all_tables: Annotated[bool, typer.Option("--all", help="Print the full tables (every test of every metric), not the summary.")] = False,
 ) -> None:
-    """Statistics across stored runs: mixed model (F test), nonparametric tests, corrected contrasts, win rates, Bradley-Terry."""
+    """Statistics across stored runs, persona as the unit: mixed model (F test), contrasts, Friedman, win rates, Bradley-Terry;
+    familywise error controlled over the suite's primary metrics."""
     from evalkit.backends.roles import RoleConfig
     from evalkit.cli.display import print_comparison
     from evalkit.pipeline.api import compare as run_compare
@@ -38,8 +42,8 @@ def compare(
         judge = RoleConfig(model=pairwise_judge_model, endpoint=pairwise_judge_endpoint or [], api_key_env=pairwise_judge_api_key_env)
     comparison, out_dir = run_compare(runs, baseline=baseline, metrics=metric, matched=matched, include_flagged=include_flagged,
                                       out=out, pairwise_judge=judge, pairwise_reward_endpoint=pairwise_reward_endpoint,
-                                      bootstrap_rounds=bootstrap, seed=seed)
-    print_comparison(comparison, out_dir)
+                                      bootstrap_rounds=bootstrap, seed=seed, primary=primary, alpha=alpha)
+    print_comparison(comparison, out_dir, full=all_tables)
 
 
 def gate_command(
@@ -71,18 +75,23 @@ def gate_command(
 
 def plan(
     metric: Annotated[str, typer.Option(help="Metric, e.g. tes.total.")],
-    margin: Annotated[float, typer.Option(help="Non-inferiority margin, in the metric's units (> 0).")],
-    sd: Annotated[Optional[float], typer.Option(help="SD of paired per-session differences (> 0).")] = None,
-    run: Annotated[Optional[list[Path]], typer.Option(help="Two stored runs of the same suite: the SD of their matched per-session differences.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Non-inferiority margin, in the metric's units (> 0; default with --run: the suite's).")] = None,
+    run: Annotated[Optional[list[Path]], typer.Option(help="Two stored runs of the same suite and of two different models: their matched differences set the variance components.")] = None,
+    sd_between: Annotated[Optional[float], typer.Option(help="SD across personas of a persona's true drop (> 0).")] = None,
+    sd_within: Annotated[Optional[float], typer.Option(help="SD of one session's drop around its persona's (with --sd-between).")] = None,
+    sd: Annotated[Optional[float], typer.Option(help="Total SD of one session's paired difference; counted as between-persona (conservative).")] = None,
+    replicates: Annotated[Optional[int], typer.Option(help="Sessions per persona the gate will run (default: the runs', or 1).")] = None,
     detect: Annotated[Optional[float], typer.Option(help="The true drop the gate should catch (default: one margin).")] = None,
     power: Annotated[float, typer.Option(help="Probability wanted, in (0, 1).")] = 0.8,
     alpha: Annotated[float, typer.Option(help="One-sided significance level, in (0, 0.5).")] = 0.05,
+    include_flagged: Annotated[bool, typer.Option("--include-flagged", help="Keep sessions whose simulated client was flagged.")] = False,
 ) -> None:
-    """Sessions a gate needs: to pass an equal candidate, and to detect a given drop, each with the stated power."""
-    from evalkit.analysis.gate import plan_sessions
+    """Personas x replicates a gate needs: to pass an equal candidate, and to detect a given drop, each with the stated power."""
+    from evalkit.analysis.plan import plan_gate
     from evalkit.cli.display import print_plan
 
-    print_plan(metric, plan_sessions(metric, margin, sd=sd, runs=run, detect=detect, power=power, alpha=alpha))
+    print_plan(plan_gate(metric, margin, runs=run, sd=sd, sd_between=sd_between, sd_within=sd_within, replicates=replicates,
+                         detect=detect, power=power, alpha=alpha, include_flagged=include_flagged or None))
 
 
 def report(

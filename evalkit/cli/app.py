@@ -10,7 +10,9 @@ personas, import, lm-eval-path), `judge.py` (judge ...).
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -18,7 +20,7 @@ from rich.markup import escape
 
 from evalkit.cli import analyse, content, judge, run
 from evalkit.cli.common import flagged
-from evalkit.core.console import console
+from evalkit.core.console import console, printable
 from evalkit.core.errors import EvalkitError
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -52,10 +54,27 @@ app.command()(content.personas)
 app.command("lm-eval-path")(content.lm_eval_path)
 app.add_typer(judge.judge_app, name="judge")
 app.add_typer(content.import_app, name="import")
+app.add_typer(content.models_app, name="models")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM outside the event loop (e.g. while the report is written) stops like Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one line and exit code 2 for bad input; 130 when interrupted (Ctrl-C or SIGTERM)."""
+    """Entry point: one line and exit code 2 for bad input; 130 when interrupted (Ctrl-C or SIGTERM, at any point:
+    while a run works, or while its report is written afterwards)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="evalkit")
     except (KeyboardInterrupt, typer.Abort, asyncio.CancelledError):
@@ -69,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see {ctx.command_path} --help)" if ctx else ""
         console.print(f"[bold red]error:[/bold red] {escape(exc.format_message())}{hint}", soft_wrap=True)
         return 2
-    except EvalkitError as exc:
-        console.print(f"[bold red]error:[/bold red] {escape(flagged(str(exc)))}", soft_wrap=True)
+    except EvalkitError as exc:  # one line, whatever a server put in the message (newlines, escape sequences)
+        console.print(f"[bold red]error:[/bold red] {escape(' '.join(printable(flagged(str(exc))).split()))}", soft_wrap=True)
         return 2
     if result == 130:
         console.print("[bold red]interrupted[/bold red]: finished work is kept; run the same command again to continue")

@@ -33,6 +33,8 @@ FIELD_FLAGS = {
     "resume": "--resume", "output directory": "--out", "api_key_env": "--api-key-env",
     "max_invalid_rate": "--max-invalid-rate", "min_shared": "--min-shared", "alpha": "--alpha", "power": "--power",
     "margin": "--margin", "sd": "--sd", "reward_endpoint": "--reward-endpoint",
+    "sd_between": "--sd-between", "sd_within": "--sd-within", "replicates": "--replicates", "run": "--run",
+    "primary": "--primary", "detect": "--detect",
 }
 
 
@@ -50,6 +52,7 @@ def run_async_command(coro: Coroutine[Any, Any, T]) -> T:
     async def main() -> T:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        outside = signal.getsignal(signal.SIGTERM)
         try:
             loop.add_signal_handler(signal.SIGTERM, task.cancel)  # type: ignore[union-attr]
             handled = True
@@ -60,6 +63,8 @@ def run_async_command(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             if handled:
                 loop.remove_signal_handler(signal.SIGTERM)
+                if outside is not None:
+                    signal.signal(signal.SIGTERM, outside)  # back to what the command had (SIGTERM stops like Ctrl-C)
     return asyncio.run(main())
 
 

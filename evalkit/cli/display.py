@@ -166,7 +166,8 @@ def print_critical(critical) -> None:
     else:
         style = "bold red" if critical.with_failure else "bold green"
         console.print(f"[{style}]critical failures: {critical.with_failure} of {critical.sessions} sessions where the risk "
-                      f"surfaced ({critical.share:.0%}, 95% Wilson CI {critical.ci_low:.0%}–{critical.ci_high:.0%})[/{style}]; "
+                      f"surfaced ({critical.share:.0%}, 95% CI clustered by persona {critical.ci_low:.0%}–{critical.ci_high:.0%})"
+                      f"[/{style}]; "
                       f"{escape(surfaced)}" + (f"; {critical.n_invalid} could not be assessed" if critical.n_invalid else ""),
                       soft_wrap=True)
     if critical.warning:
@@ -183,69 +184,205 @@ def _ci(low: float | None, high: float | None, pct: bool = False) -> str:
     return f"[{low:.0%}, {high:.0%}]" if pct else f"[{low:.2f}, {high:.2f}]"
 
 
-def print_comparison(comparison, out_dir) -> None:
-    """The omnibus table with each condition's mean and the best one; win rates; judge preference; warnings."""
+def _labels(conditions: list[str]) -> dict[str, str]:
+    """Short labels for runs (A, B, ...) when their names would crowd the terminal; the names themselves otherwise."""
+    if len(conditions) <= 2 and all(len(c) <= 12 for c in conditions):
+        return {c: c for c in conditions}
+    letters = [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(len(conditions))]
+    return dict(zip(conditions, letters, strict=True))
+
+
+def _arrow(better: str) -> str:
+    return "↑" if better == "higher" else "↓"
+
+
+def _short_verdict(r, labels: dict[str, str]) -> str:
+    """The metric's verdict with run names replaced by their labels."""
+    text = r.verdict or "—"
+    for name in sorted(labels, key=len, reverse=True):
+        if labels[name] != name:
+            text = text.replace(f"{name} better", f"{labels[name]} better").replace(f"than {name} ", f"than {labels[name]} ")
+            text = text.replace(f"than {name};", f"than {labels[name]};")
+            if text.endswith(f"than {name}"):
+                text = text[: -len(name)] + labels[name]
+    return text
+
+
+def _compact_verdict(r, labels: dict[str, str]) -> str:
+    """One short phrase per exploratory metric: 'best D (adj p .04)', 'D > A (.015)', or 'no difference shown'."""
+    mm = r.mixed_model
+    if mm is None:
+        return r.mixed_model_error or "not estimable"
+    if r.best:
+        worst = max(c.p_adjusted for c in mm.contrasts if r.best in (c.a, c.b) and c.p_adjusted is not None)
+        return f"best {labels[r.best]} (adj p {'< .001' if worst < 0.001 else f'≤ {worst:.3f}'})"
+    higher = r.better == "higher"
+    shown = []
+    for c in mm.contrasts:
+        if c.p_adjusted is not None and c.p_adjusted < 0.05 and c.estimate != 0:
+            a_better = (c.estimate > 0) == higher
+            winner, loser = (c.a, c.b) if a_better else (c.b, c.a)
+            shown.append(f"{labels[winner]} > {labels[loser]} ({_p(c.p_adjusted)})")
+    if shown:
+        return "; ".join(shown)
+    if r.p_adjusted is not None and r.p_adjusted < 0.05:
+        return "differ overall; no pair shown"
+    return "no difference shown"
+
+
+def print_comparison(comparison, out_dir, full: bool = False) -> None:
+    """Primary metrics first (estimate, CI, adjusted p, verdict in words), then one line per exploratory metric; with
+    `full`, every table. Run names are abbreviated with a legend when they would not fit."""
     conditions = list(comparison.runs)
-    table = Table(title=f"{comparison.suite}: {len(conditions)} conditions, {comparison.sessions} sessions "
-                        f"(mixed model F test; ↑ higher is better, ↓ lower)", title_justify="left")
-    table.add_column("metric", overflow="fold")
-    for condition in conditions:
-        table.add_column(condition, justify="right", overflow="fold")
-    for column in ("best", "F (df)", "p", "Friedman p", "K–W p"):
-        table.add_column(column, justify="right")
-    for metric, r in comparison.metrics.items():
-        mm = r.mixed_model
-        means = [_fmt(mm.emms[c].mean if mm else r.means.get(c)) for c in conditions]
-        test = f"{mm.f_statistic:.2f} ({mm.df}, {mm.df_denominator:.0f})" if mm else "—"
-        table.add_row(f"{metric} {'↑' if r.better == 'higher' else '↓'}", *means, r.best or "—", test, _p(mm.p_value if mm else None),
-                      _p(r.friedman.p_value), _p(r.kruskal_wallis.p_value))
-    console.print(table)
-    if comparison.baseline:
-        wins = Table(title=f"against {comparison.baseline} (per matched session; ties dropped for the rate)", title_justify="left")
-        for column in ("metric", "candidate", "W/L/T", "win rate", "95% Wilson CI", "sign test p"):
-            wins.add_column(column, overflow="fold")
-        for metric, r in comparison.metrics.items():
-            for cand, w in r.head_to_head.items():
-                wins.add_row(metric, cand, f"{w.wins}/{w.losses}/{w.ties}", "—" if w.win_rate is None else f"{w.win_rate:.0%}",
-                             _ci(w.ci_low, w.ci_high, pct=True), _p(w.sign_test_p))
-        console.print(wins)
+    labels = _labels(conditions)
+    personas = f" of {comparison.personas} personas" if comparison.personas else ""
+    console.print(f"[bold]{escape(comparison.suite)}[/bold]: {len(conditions)} runs, {comparison.sessions} sessions{personas}; "
+                  f"unit of analysis: the persona; familywise alpha {comparison.alpha:g} (Holm within each family)", soft_wrap=True)
+    if any(labels[c] != c for c in conditions):
+        legend = ", ".join(f"{labels[c]} = {escape(c)}" + (" (baseline)" if c == comparison.baseline else "") for c in conditions)
+        console.print(f"runs: {legend}", soft_wrap=True)
+    primary = [r for r in comparison.metrics.values() if r.family == "primary"]
+    exploratory = [r for r in comparison.metrics.values() if r.family != "primary"]
+    if primary:
+        console.print("\n[bold]Primary metrics[/bold] (familywise error controlled over these; estimated marginal means, 95% CI)")
+        for r in primary:
+            _print_primary(r, conditions, labels, comparison.baseline)
+    else:
+        console.print("\nno primary metrics declared: every result below is exploratory (--primary names them)")
+    if exploratory and not full:
+        console.print(f"\n[bold]Exploratory metrics[/bold] ({len(exploratory)}; adjusted within their own family: leads, not "
+                      "findings; --all for every table)")
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="dim", expand=False)
+        width = max(len(r.metric) for r in exploratory) + 2
+        table.add_column("metric", no_wrap=True, overflow="ellipsis", min_width=min(width, 24), max_width=width)
+        for c in conditions:
+            table.add_column(labels[c], justify="right", no_wrap=True, min_width=5)
+        table.add_column("adj p", justify="right", no_wrap=True, min_width=5)
+        table.add_column("verdict (X > Y: X better; adjusted p)", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
+        for r in exploratory:
+            means = [_fmt(r.mixed_model.emms[c].mean if r.mixed_model else r.means.get(c)) for c in conditions]
+            table.add_row(f"{r.metric} {_arrow(r.better)}", *means, _p(r.p_adjusted), _compact_verdict(r, labels))
+        console.print(table)
+    if full:
+        _print_full(comparison, conditions, labels)
     if comparison.pairwise_judge:
         for cand, w in comparison.pairwise_judge.per_candidate.items():
             rate = "—" if w.win_rate is None else f"{w.win_rate:.0%}"
-            console.print(f"judge preference {escape(cand)} vs {escape(comparison.baseline or '')}: {w.wins}/{w.losses}/{w.ties} "
-                          f"(W/L/T; {comparison.pairwise_judge.kind}), win rate {rate}, {w.invalid or 0} invalid", soft_wrap=True)
+            console.print(f"judge preference {escape(cand)} vs {escape(comparison.baseline or '')}: personas won/lost/tied "
+                          f"{w.wins}/{w.losses}/{w.ties} (sessions {w.session_wins}/{w.session_losses}/{w.session_ties}; "
+                          f"{comparison.pairwise_judge.kind}), persona win rate {rate} {_ci(w.ci_low, w.ci_high, pct=True)}, "
+                          f"sign test p {_p(w.sign_test_p)}, {w.invalid or 0} invalid", soft_wrap=True)
     for warning in comparison.warnings:
         warn(warning)
     console.print(f"comparison: [bold]{escape(str(out_dir / 'comparison.json'))}[/bold] (tables as CSV and Parquet) · report: "
                   f"[bold]{escape(str(out_dir / 'report.html'))}[/bold]", soft_wrap=True)
 
 
+def _print_primary(r, conditions: list[str], labels: dict[str, str], baseline: str | None) -> None:
+    mm = r.mixed_model
+    console.print(f"[bold]{escape(r.metric)}[/bold] {_arrow(r.better)} {escape(r.name)}", soft_wrap=True)
+    if mm:
+        cells = "  ".join(f"{labels[c]} {mm.emms[c].mean:.2f} {_ci(mm.emms[c].ci_low, mm.emms[c].ci_high)}" for c in conditions)
+        console.print(f"  {cells}", soft_wrap=True)
+        test = f"F({mm.df}, {mm.df_denominator:.0f}) = {mm.f_statistic:.2f}, p {_p(r.p_value)}, adjusted p {_p(r.p_adjusted)}"
+    else:
+        test = "mixed model not estimable"
+    style = "green" if r.best else "yellow" if "not estimable" in (r.verdict or "") else ""
+    verdict = escape(_short_verdict(r, labels))
+    console.print(f"  {test} — " + (f"[{style}]{verdict}[/{style}]" if style else verdict), soft_wrap=True)
+    for cand, w in r.head_to_head.items():
+        console.print(f"  vs baseline {labels.get(baseline, baseline)}: {labels[cand]} won {w.wins}, lost {w.losses}, tied {w.ties} "
+                      f"personas (sign test p {_p(w.sign_test_p)}, adjusted {_p(w.p_adjusted)}; win rate "
+                      f"{'—' if w.win_rate is None else f'{w.win_rate:.0%}'} {_ci(w.ci_low, w.ci_high, pct=True)})", soft_wrap=True)
+    bt = r.bradley_terry
+    if bt is not None and bt:
+        ranked = sorted(bt.strengths.items(), key=lambda kv: -(kv[1].strength or 0))
+        text = ", ".join(f"{labels[m]} {s.strength:+.2f} {_ci(s.ci_low, s.ci_high)}" for m, s in ranked)
+        console.print(f"  Bradley–Terry (log-odds vs {labels[bt.reference]}, CI clustered by persona): {text}", soft_wrap=True)
+    elif r.bradley_terry_error:
+        console.print(f"  Bradley–Terry: {escape(r.bradley_terry_error)}", soft_wrap=True)
+
+
+def _print_full(comparison, conditions: list[str], labels: dict[str, str]) -> None:
+    table = Table(title="every metric: estimated marginal means; mixed-model F test (persona as the unit); Friedman over "
+                        "persona blocks", title_justify="left")
+    table.add_column("metric", no_wrap=True, overflow="ellipsis")
+    table.add_column("family", no_wrap=True)
+    for c in conditions:
+        table.add_column(labels[c], justify="right", no_wrap=True)
+    for column in ("F (df)", "p", "adj p", "Friedman p", "best"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for metric, r in comparison.metrics.items():
+        mm = r.mixed_model
+        means = [_fmt(mm.emms[c].mean if mm else r.means.get(c)) for c in conditions]
+        test = f"{mm.f_statistic:.2f} ({mm.df}, {mm.df_denominator:.0f})" if mm else "not estimable"
+        table.add_row(f"{metric} {_arrow(r.better)}", r.family[:5], *means, test, _p(r.p_value), _p(r.p_adjusted),
+                      _p(r.friedman.p_value), labels.get(r.best, "—") if r.best else "—")
+    console.print(table)
+    if comparison.baseline:
+        wins = Table(title=f"against {comparison.baseline}: personas won/lost/tied (a persona's mean over its matched sessions)",
+                     title_justify="left")
+        for column in ("metric", "run", "W/L/T", "win rate", "95% Wilson CI", "sign p", "adj p", "sessions W/L/T"):
+            wins.add_column(column, no_wrap=True, overflow="ellipsis")
+        for metric, r in comparison.metrics.items():
+            for cand, w in r.head_to_head.items():
+                wins.add_row(metric, labels[cand], f"{w.wins}/{w.losses}/{w.ties}",
+                             "—" if w.win_rate is None else f"{w.win_rate:.0%}", _ci(w.ci_low, w.ci_high, pct=True),
+                             _p(w.sign_test_p), _p(w.p_adjusted), f"{w.session_wins}/{w.session_losses}/{w.session_ties}")
+        console.print(wins)
+    contrasts = Table(title="pairwise contrasts (a − b; Holm over the family's contrasts)", title_justify="left")
+    for column in ("metric", "a − b", "estimate", "95% CI", "p", "adj p"):
+        contrasts.add_column(column, no_wrap=True, overflow="ellipsis")
+    for metric, r in comparison.metrics.items():
+        for c in (r.mixed_model.contrasts if r.mixed_model else []):
+            contrasts.add_row(metric, f"{labels[c.a]} − {labels[c.b]}", f"{c.estimate:+.2f}", _ci(c.ci_low, c.ci_high),
+                              _p(c.p), _p(c.p_adjusted))
+    console.print(contrasts)
+
+
 def print_gate(report, out_dir) -> None:
-    table = Table(title=f"gate: {report.suite} (candidate vs baseline)", title_justify="left")
-    for column in ("metric", "verdict", "personas", "sessions", "mean drop", "upper bound", "margin", "needed"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"gate: {report.suite} (candidate vs baseline; drops averaged within persona, t over personas)",
+                  title_justify="left")
+    for column in ("metric", "verdict", "personas", "sessions", "mean drop", "upper bound", "margin", "floor", "needed"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
     style = {"pass": "green", "regression": "red", "undecided": "yellow"}
     for metric, v in report.metrics.items():
         d = v.decision
         table.add_row(metric, f"[{style[v.verdict]}]{v.verdict}[/]", str(d.personas) if d else "—", str(d.n if d else v.sessions),
                       _fmt(d.mean_drop if d else None), _fmt(d.upper_bound if d else None),
-                      "—" if v.margin is None else f"{v.margin:g}", str(d.sessions_needed) if d else "—")
+                      "—" if v.margin is None else f"{v.margin:g}", _fmt(v.scoring_floor),
+                      f"{d.personas_needed} personas" if d else "—")
     for rubric, c in report.critical.items():
-        table.add_row(f"{rubric}.critical_failures", f"[{style[c.verdict]}]{c.verdict}[/]", "", str(c.sessions), "", "", "", "")
+        table.add_row(f"{rubric}.critical_failures", f"[{style[c.verdict]}]{c.verdict}[/]", "", str(c.sessions), "", "", "", "", "")
     console.print(table)
     console.print(f"[bold {style[report.verdict]}]{report.verdict}[/]: {escape(report.reason)}", soft_wrap=True)
+    for warning in report.warnings:
+        warn(warning)
     console.print(f"gate: {escape(str(out_dir / 'gate.json'))}, gate-junit.xml, gate.md, gate-report.html", soft_wrap=True)
 
 
-def print_plan(metric: str, result) -> None:
-    unit = result.unit
+def print_plan(result) -> None:
+    """The design a gate needs, in personas x replicates, with the variance it rests on and the scoring floor."""
+    metric = result.metric or "metric"
+    r = result.replicates
     detect = ("not reachable (" + (result.note or "") + ")" if result.n_detect is None else
-              f"{result.n_detect} {unit} ({result.sessions_detect} sessions) to exit 'regression' with probability "
+              f"{result.n_detect} personas x {r} ({result.sessions_detect} sessions) to exit 'regression' with probability "
               f"{result.power_detect_at_n_detect:.2f} at a true drop of {result.drop:g}")
-    console.print(f"{metric}: {result.n_pass} {unit} ({result.sessions_pass} sessions) for an equal candidate to pass with "
-                  f"probability {result.power_pass_at_n_pass:.2f}; {detect}. SD of paired differences {result.sd:.3f} "
-                  f"({'persona means' if unit == 'personas' else 'sessions'}), margin {result.margin:g}, one-sided alpha "
+    console.print(f"[bold]{escape(metric)}[/bold]: {result.n_pass} personas x {r} replicate{'s' if r != 1 else ''} "
+                  f"({result.sessions_pass} sessions) for an equal candidate to pass with probability "
+                  f"{result.power_pass_at_n_pass:.2f}; {detect}.", soft_wrap=True)
+    console.print(f"SD of a persona-mean difference {result.sd:.3f} = sqrt({result.var_between:.4g} between personas + "
+                  f"{result.var_within:.4g} within / {r}); {escape(result.source)}. Margin {result.margin:g}, one-sided alpha "
                   f"{result.alpha:g}.", soft_wrap=True)
+    others = "; ".join(f"{o.replicates} replicate{'s' if o.replicates != 1 else ''}: {o.personas_pass} personas "
+                       f"({o.sessions_pass} sessions)" for o in result.options)
+    if others and result.within_known:
+        console.print(f"for an equal candidate to pass, by replicates per persona: {others}", soft_wrap=True)
+    if result.scoring_floor is not None:
+        console.print(f"scoring floor {result.scoring_floor:.3g}: a flawless session's distance from the best value when the "
+                      "judge puts 90% on the right level (docs/statistics.md)", soft_wrap=True)
+    for warning in result.warnings:
+        warn(warning)
 
 
 def print_validation(report, out) -> None:

@@ -58,10 +58,10 @@ def run_command(
     reasoning_parser: Annotated[Optional[str], typer.Option(help="Start managed vLLM servers with this --reasoning-parser (reasoning models).")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let transformers/vLLM run the checkpoint's own code.")] = False,
     judge_min_mass: Annotated[float, typer.Option(help="The judge must put this much of its own probability on the allowed answers, or the score is invalid.")] = 0.5,
-    no_mass_check: Annotated[bool, typer.Option("--no-mass-check", help="Constrained judges: skip the twin request that measures that probability.")] = False,
+    no_mass_check: Annotated[bool, typer.Option("--no-mass-check", help="No effect (kept for old command lines): every judge reading measures that probability in its one request; --judge-min-mass 0 accepts any.")] = False,
     adherence_threshold: Annotated[float, typer.Option(help="Flag sessions whose simulated client passes fewer of its persona checks.")] = 0.8,
     no_adherence: Annotated[bool, typer.Option("--no-adherence", help="Do not check simulated client turns against their persona.")] = False,
-    include_flagged: Annotated[bool, typer.Option("--include-flagged", help="Keep flagged sessions in the summary.")] = False,
+    include_flagged: Annotated[Optional[bool], typer.Option("--include-flagged/--exclude-flagged", help="Keep (or leave out) sessions whose simulated client failed a persona check, in this run's statistics and in every later command that reads it (default: as the run being continued recorded, else left out).")] = None,
     replay_client: Annotated[Optional[Path], typer.Option(help="Re-use a stored run's client turns while the therapist's replies match it (low-noise gates).")] = None,
     scripted_client: Annotated[Optional[Path], typer.Option(help="Take every client turn from a scripts YAML (deterministic checks).")] = None,
     judge_validation: Annotated[Optional[Path], typer.Option(help="The judge's validation.json (evalkit judge validate), recorded in the manifest.")] = None,
@@ -128,6 +128,7 @@ def run_command(
             print_summary(result.summary, names)
         console.print(f"results: [bold]{escape(str(result.directory))}[/bold] · report: "
                       f"[bold]{escape(str(result.directory / 'report.html'))}[/bold]", soft_wrap=True)
+        retry_line(result.manifest)
     track_runs([r.directory for r in results], mlflow, wandb)
     if compare_runs and len(results) > 1:
         from evalkit.cli.display import print_comparison
@@ -135,6 +136,21 @@ def run_command(
 
         comparison, out_dir = run_compare([r.directory for r in results])
         print_comparison(comparison, out_dir)
+
+
+def retry_line(manifest) -> None:
+    """The run's retry volume, when there was any: requests sent again per role and cause (also in the manifest)."""
+    shared: dict[str, list[str]] = {}  # roles played by one backend share its counts: shown once
+    for role, record in manifest.roles.items():
+        if record.retries:
+            shared.setdefault(record.model_dump_json(include={"kind", "model", "endpoint", "retries"}), []).append(role)
+    parts = []
+    for roles in shared.values():
+        retries = manifest.roles[roles[0]].retries
+        causes = ", ".join(f"{cause}: {n}" for cause, n in sorted(retries.items(), key=lambda kv: -kv[1]))
+        parts.append(f"{'/'.join(roles)} {sum(retries.values())} ({causes})")
+    if parts:
+        console.print(f"retries: {escape('; '.join(parts))} requests sent again (recorded in manifest.json)", soft_wrap=True)
 
 
 def track(
@@ -164,6 +180,7 @@ def rescore(
     no_adherence: Annotated[bool, typer.Option("--no-adherence", help="Do not re-check persona adherence.")] = False,
     judge_concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.")] = 64,
     rejudge_invalid: Annotated[bool, typer.Option("--rejudge-invalid", help="Ask again for every invalid row.")] = False,
+    include_flagged: Annotated[Optional[bool], typer.Option("--include-flagged/--exclude-flagged", help="Keep (or leave out) flagged sessions (default: as the source run recorded).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")] = False,
 ) -> None:
     """Re-judge a stored run's transcripts with another judge into a new run (like inspect score)."""
@@ -178,41 +195,51 @@ def rescore(
     judge = RoleConfig(**role_fields(judge_model, judge_endpoint, judge_api_key_env, judge_backend))
     result = run_async_command(do_rescore(run_dir, judge=judge, out=out, rubrics=rubric, judge_min_mass=judge_min_mass,
                                           adherence=not no_adherence, judge_concurrency=judge_concurrency,
-                                          rejudge_invalid=rejudge_invalid, reporter=RichReporter(enabled=not quiet),
+                                          rejudge_invalid=rejudge_invalid, include_flagged=include_flagged,
+                                          reporter=RichReporter(enabled=not quiet),
                                           command=sys.argv))
     if not quiet:
         rubrics = rubrics_of(result.directory)
         print_summary(result.summary, {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in rubrics})
     console.print(f"rescored: [bold]{escape(str(result.directory))}[/bold] (transcripts of {escape(str(run_dir))})", soft_wrap=True)
+    retry_line(result.manifest)
 
 
 def demo(
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default: results/demo-<configuration hash>).")] = None,
-    sessions: Annotated[int, typer.Option(help="Sessions to run.")] = 4,
+    out: Annotated[Path, typer.Option(help="Run directory; the same command again resumes it, and starts no server when nothing is left to do.")] = Path("results/demo"),
+    suite: Annotated[str, typer.Option(help="Built-in suite id or a suite YAML path.")] = "tes",
+    sessions: Annotated[int, typer.Option(help="Sessions to run.")] = 3,
     turns: Annotated[int, typer.Option(help="Therapist turns per session.")] = 3,
 ) -> None:
-    """Build a tiny random-weight model, serve it with vLLM, and run a small act-fm suite end to end.
+    """A real conversation end to end on this machine: SmolLM2-135M-Instruct (installed by scripts/install-cpu.sh,
+    converted once into your cache) plays the therapist and the simulated client on vLLM's CPU build, and judges.
 
-    The model is noise: the demo shows the mechanics (serving, simulation, judging, results), not clinical quality.
+    A 135M model is not fit to judge (evalkit judge check says so): the demo reads its scores without the
+    minimum-mass rule and keeps sessions its client flagged, and says so, so you see numbers; they show the
+    mechanics, not clinical quality. Point --judge-endpoint of `evalkit run` at a real judge for real scores.
     """
     from evalkit.cli.display import RichReporter, print_summary
-    from evalkit.models.tiny import build_tiny_model
+    from evalkit.models.smollm2 import fetch
     from evalkit.pipeline.api import write_run_report
     from evalkit.pipeline.evaluate import evaluate
     from evalkit.pipeline.spec import EvalSpec
 
-    # Eager mode: for a model this small, torch.compile's warm-up costs more than it saves. A random model puts
-    # almost no probability on score digits, so the demo reads scores without the minimum-mass rule.
-    fields = {"suite": "act-fm", "sessions": sessions, "turns": turns, "max_tokens": 48, "max_model_len": 4096,
-              "vllm_args": ["--dtype", "float32", "--enforce-eager"], "out": out, "judge_min_mass": 0.0}
-    build_spec(EvalSpec, {**fields, "therapist": {"model": "tiny"}}, None)  # bad flags fail before the model is built
-    console.print("building the tiny demo model (cached after the first time)…")
-    model_dir = build_tiny_model()
-    spec = build_spec(EvalSpec, {**fields, "therapist": {"model": str(model_dir)}}, None)
+    # Eager mode: for a model this small, torch.compile's warm-up costs more than it saves.
+    fields = {"suite": suite, "sessions": sessions, "turns": turns, "max_tokens": 96, "max_model_len": 4096,
+              "vllm_args": ["--dtype", "float32", "--enforce-eager"], "out": out, "judge_min_mass": 0.0,
+              "include_flagged": True}
+    build_spec(EvalSpec, {**fields, "therapist": {"model": "smollm2"}}, None)  # bad flags fail before anything is built
+    model = fetch()  # converted once; a no-op afterwards
+    spec = build_spec(EvalSpec, {**fields, "therapist": {"model": str(model)}}, None)
     result = run_async_command(evaluate(spec, reporter=RichReporter(), command=sys.argv))
-    write_run_report(result.directory)
+    report = write_run_report(result.directory)
+    console.print("[bold yellow]what these numbers are:[/bold yellow] scored by the 135M demo model itself, with the "
+                  "minimum-mass rule off and flagged sessions kept: they show the mechanics, not clinical evidence. A 135M "
+                  "judge is not fit to rate (try `evalkit judge check --judge-model " + escape(str(model)) + "`); for real "
+                  "scores run `evalkit run --model ... --judge-endpoint URL` with a judge that passes it.", soft_wrap=True)
     print_summary(result.summary, {r.id: {i.id: i.name for i in r.items} for r in rubrics_of(result.directory)})
-    console.print(f"demo finished: transcripts, scores and summary are in [bold]{escape(str(result.directory))}[/bold]", soft_wrap=True)
+    console.print(f"demo finished: a real conversation is in [bold]{escape(str(result.directory / 'transcripts.jsonl'))}[/bold]; "
+                  f"report: [bold]{escape(str(report))}[/bold]", soft_wrap=True)
 
 
 def runs(
