@@ -42,6 +42,8 @@ MODELING = textwrap.dedent('''
             return hook
 ''')
 
+pytestmark = pytest.mark.model  # loads model weights in-process (transformers/torch)
+
 
 @pytest.fixture(scope="module")
 def custom_checkpoint(tiny_model, tmp_path_factory):

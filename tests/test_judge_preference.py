@@ -36,6 +36,7 @@ def reward_model(tiny_model, tmp_path_factory):
     return out
 
 
+@pytest.mark.model
 def test_reward_model_accuracy(pairs_file, reward_model, tmp_path):
     result = run_cli("judge", "eval-pref", "--data", pairs_file, "--reward-model", reward_model, "--out", tmp_path)
     assert result.code == 0, result.output
@@ -58,6 +59,7 @@ def test_reward_model_accuracy(pairs_file, reward_model, tmp_path):
     assert rewards[0]["rejected"] == pytest.approx(direct, rel=1e-5)
 
 
+@pytest.mark.model
 def test_llm_judge_accuracy_with_both_orders(pairs_file, tiny_model, tmp_path):
     result = run_cli("judge", "eval-pref", "--data", pairs_file, "--judge-model", tiny_model, "--judge-backend",
                      "transformers", "--judge-min-mass", "0", "--out", tmp_path)
@@ -73,6 +75,7 @@ def test_llm_judge_accuracy_with_both_orders(pairs_file, tiny_model, tmp_path):
     assert report["accuracy"] == pytest.approx(sum(outcomes) / 5)
 
 
+@pytest.mark.model
 def test_needs_exactly_one_kind_of_judge(pairs_file, reward_model):
     assert_one_line_error(run_cli("judge", "eval-pref", "--data", pairs_file), "exactly one of an LLM judge")
     assert_one_line_error(run_cli("judge", "eval-pref", "--data", pairs_file, "--reward-model", reward_model,

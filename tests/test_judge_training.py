@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import run_cli
 from .test_judge_validation import _ratings
+
+pytestmark = pytest.mark.model  # loads model weights in-process (transformers/torch)
 
 
 def test_lora_training_learns_the_score_format_and_the_judge_loads(tiny_model, tmp_path):

@@ -32,6 +32,7 @@ def _server_distribution(endpoint: str, transcript: Transcript, rubric_id: str, 
     return asyncio.run(ask())
 
 
+@pytest.mark.vllm
 def test_offline_run_is_batched_and_accepted_by_compare_and_gate(tiny_model, vllm_endpoint, tmp_path):
     offline = tmp_path / "offline"
     result = run_cli("run", "--model", tiny_model, "--backend", "vllm-offline", "--suite", "tes", "--sessions", "6",

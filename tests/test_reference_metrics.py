@@ -256,6 +256,7 @@ def _tiny_emotion_model(out: Path) -> Path:
     return out
 
 
+@pytest.mark.model
 def test_emotion_accuracy_equals_transformers_pipeline(tmp_path):
     from transformers import pipeline
 

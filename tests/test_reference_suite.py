@@ -17,6 +17,7 @@ def _replies(run):
     return {t["source_id"]: t["turns"][-1]["content"] for t in read_jsonl(run / "transcripts.jsonl")}
 
 
+@pytest.mark.model
 def test_reference_run_matches_the_libraries_and_the_classifier(tmp_path):
     import sacrebleu
     from rouge_score import rouge_scorer

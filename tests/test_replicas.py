@@ -94,6 +94,7 @@ def test_no_replica_left_stops_the_run():
         asyncio.run(_sessions(pool, ["s0"], turns=1))
 
 
+@pytest.mark.vllm
 def test_two_vllm_servers_one_killed_mid_run(vllm_endpoint, tiny_model, tmp_path):
     """Every session recorded once although one of the two replicas died while sessions were running."""
     from evalkit.backends.vllm_server import ManagedVLLMServer

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from .conftest import check_scores, read_jsonl, run_cli
+
+pytestmark = pytest.mark.model  # loads model weights in-process (transformers/torch)
 
 
 def test_transformers_backend_run(tiny_model, tmp_path):
