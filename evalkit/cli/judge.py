@@ -17,6 +17,14 @@ judge_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Judges: validate against human ratings, fine-tune on them, and measure preference accuracy.")
 
 
+# The judge's options, the same in every judge command.
+JudgeModel = Annotated[Optional[str], typer.Option("--judge-model", help="Judge model path/id (managed vLLM).")]
+JudgeEndpoint = Annotated[Optional[str], typer.Option("--judge-endpoint", help="Judge endpoint.")]
+JudgeKeyEnv = Annotated[Optional[str], typer.Option("--judge-api-key-env", help="Environment variable holding the judge endpoint's API key.")]
+JudgeBackend = Annotated[str, typer.Option("--judge-backend", help="How the judge is run (as run's --backend).")]
+JudgeMinMass = Annotated[float, typer.Option("--judge-min-mass", help="As for run: the judge's minimum probability on the allowed answers.")]
+
+
 def judge_role(model: str | None, endpoint: str | None, key_env: str | None, backend: str):
     from evalkit.backends.roles import RoleConfig
 
@@ -26,15 +34,15 @@ def judge_role(model: str | None, endpoint: str | None, key_env: str | None, bac
 @judge_app.command("validate")
 def judge_validate(
     ratings: Annotated[Path, typer.Option(help="Human ratings JSONL: material_id, rubric, item, rater, score, and turns (or run + session_id).")],
-    judge_model: Annotated[Optional[str], typer.Option(help="Judge model path/id (managed vLLM).")] = None,
-    judge_endpoint: Annotated[Optional[str], typer.Option(help="Judge endpoint.")] = None,
-    judge_api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the judge endpoint's API key.")] = None,
-    judge_backend: Annotated[str, typer.Option(help="How the judge is run (as run's --backend).")] = "auto",
+    judge_model: JudgeModel = None,
+    judge_endpoint: JudgeEndpoint = None,
+    judge_api_key_env: JudgeKeyEnv = None,
+    judge_backend: JudgeBackend = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Folder for validation.json (default: results/judge-validation-<time>).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the CIs (resampling materials), >= 0.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     repeats: Annotated[int, typer.Option(help="Score everything this many times (>= 1) and report how much scores move.")] = 1,
-    judge_min_mass: Annotated[float, typer.Option(help="As for run: the judge's minimum probability on the score tokens.")] = 0.5,
+    judge_min_mass: JudgeMinMass = 0.5,
 ) -> None:
     """Score human-rated material with the judge; report ICC, weighted kappa, Spearman, Krippendorff's alpha,
     MAE and exact/adjacent agreement with bootstrap CIs, human-human beside judge-human."""
@@ -58,13 +66,13 @@ def judge_validate(
 
 @judge_app.command("check")
 def judge_check(
-    judge_model: Annotated[Optional[str], typer.Option(help="Judge model path/id (managed vLLM).")] = None,
-    judge_endpoint: Annotated[Optional[str], typer.Option(help="Judge endpoint.")] = None,
-    judge_api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the judge endpoint's API key.")] = None,
-    judge_backend: Annotated[str, typer.Option(help="How the judge is run (as run's --backend).")] = "auto",
+    judge_model: JudgeModel = None,
+    judge_endpoint: JudgeEndpoint = None,
+    judge_api_key_env: JudgeKeyEnv = None,
+    judge_backend: JudgeBackend = "auto",
     suite: Annotated[Optional[list[str]], typer.Option(help="Only these instruments' vignettes: act-fm, tes, safety, persona-adherence, or a vignette YAML path; repeat (default: all four).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for judge-check.json (default: results/judge-check-<time>).")] = None,
-    judge_min_mass: Annotated[float, typer.Option(help="As for run: the judge's minimum probability on the score tokens.")] = 0.5,
+    judge_min_mass: JudgeMinMass = 0.5,
 ) -> None:
     """Is the judge fit to rate? Rate the shipped calibration vignettes (clearly high and clearly low on named items)
     and report, per item and instrument, the share of high/low pairs ordered correctly, the mean gap, the invalid
@@ -137,11 +145,11 @@ def judge_train(
 @judge_app.command("eval-pref")
 def judge_eval_pref(
     data: Annotated[Path, typer.Option(help="Preference pairs in PsychoCounsel-Preference format (parquet or JSONL).")],
-    judge_model: Annotated[Optional[str], typer.Option(help="LLM judge (model path/id), asked in both orders.")] = None,
-    judge_endpoint: Annotated[Optional[str], typer.Option(help="LLM judge endpoint.")] = None,
-    judge_api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the judge endpoint's API key.")] = None,
-    judge_backend: Annotated[str, typer.Option(help="How the judge is run (as run's --backend).")] = "auto",
-    judge_min_mass: Annotated[float, typer.Option(help="The judge must put this much probability on A/B, or the verdict is invalid.")] = 0.5,
+    judge_model: JudgeModel = None,
+    judge_endpoint: JudgeEndpoint = None,
+    judge_api_key_env: JudgeKeyEnv = None,
+    judge_backend: JudgeBackend = "auto",
+    judge_min_mass: JudgeMinMass = 0.5,
     reward_model: Annotated[Optional[Path], typer.Option(help="A sequence-classification reward model, run in-process by transformers.")] = None,
     reward_endpoint: Annotated[Optional[str], typer.Option(help="A vLLM server running a reward model (its pooling API).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N pairs (>= 1).")] = None,
