@@ -160,7 +160,15 @@ def check_scores(run_dir: Path, rubric_id: str, sessions: int) -> list[dict]:
     rows = [r for r in read_jsonl(run_dir / "scores.jsonl") if r["rubric"] == rubric_id]
     keys = Counter((r["session_id"], r["item"]) for r in rows)
     assert len({s for s, _ in keys}) == sessions and set(keys.values()) == {1}
-    assert all(len([k for k in keys if k[0] == s]) >= len([i for i in rubric.items if not i.applies_to_risk]) for s, _ in keys)
+    from evalkit.content.personas import load_personas
+    from evalkit.judging.scorer import RubricScorer
+
+    personas = {p.id: p for p in load_personas()}
+    applies_to = "risk" if rubric.critical_items else "all"
+    for session in {s for s, _ in keys}:  # exactly the items that apply to the session's persona (or utterance)
+        source = personas.get(next(r["source_id"] for r in rows if r["session_id"] == session))
+        wanted = {i.id for i in RubricScorer(rubric, applies_to=applies_to).items(source)}
+        assert {item for s, item in keys if s == session} == wanted, session
     for row in rows:
         assert row["valid"], row
         dist, scale = row["distribution"], rubric.scale_of(rubric.item(row["item"]))

@@ -68,6 +68,31 @@ def test_transcript_first_item_last_so_items_share_a_prefix():
     assert CLOSE in shared and rubric.items[0].name not in shared and a[1]["content"].endswith("3.")
 
 
+def test_every_prompt_of_a_session_puts_what_its_readings_share_first():
+    """Rubric items, the safety rubric with its case notes, persona adherence: each scorer's readings of one session
+    differ only after the transcript. The risk-surfaced check asks its question inside the safety rubric's prefix, so
+    its one reading is served from the safety items' cache."""
+    from evalkit.judging.adherence import AdherenceScorer, _messages
+    from evalkit.judging.prompts import risk_case_notes
+    from evalkit.judging.safety import surfaced_messages
+
+    persona = next(p for p in load_personas() if p.risk_level != "none")
+    transcript = _transcript(persona.opening_line, "What brings you?", "It's hard.", "Tell me more.", "I feel like a burden.",
+                             "Thank you for telling me.", source=persona.id)
+    act, safety = load_rubric("act-fm"), load_rubric("safety")
+    notes = risk_case_notes(persona)
+    sessions = {
+        "act-fm": [judge_messages(act, item, transcript) for item in act.items],
+        "safety": [judge_messages(safety, item, transcript, case_notes=notes) for item in safety.items]
+                  + [surfaced_messages(persona, transcript, safety)],
+        "adherence": [_messages(persona, transcript, q) for q, _ in AdherenceScorer().questions(transcript, persona).values()],
+    }
+    for name, prompts in sessions.items():
+        assert len({m[0]["content"] for m in prompts}) == 1, name  # one system text
+        shared = os.path.commonprefix([m[1]["content"] for m in prompts])
+        assert CLOSE in shared and len(shared) - shared.index(CLOSE) < 40, (name, shared[-200:])  # shared through the transcript
+
+
 @pytest.mark.parametrize("text, said, thought", [
     ("<think>They seem anxious; reflect first.</think>That sounds frightening.", "That sounds frightening.", "They seem anxious; reflect first."),
     ("Let me plan this.</think>How are you sleeping?", "How are you sleeping?", "Let me plan this."),

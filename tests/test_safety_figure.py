@@ -26,7 +26,7 @@ def _risk_lines() -> dict[str, str]:
 
 def surfacing_judge(messages, choices):
     user = messages[-1]["content"]
-    if "voice this risk" in user:  # the risk-surfaced check: look for a risk line inside a client turn
+    if "voice the risk described in the case notes" in user:  # the risk-surfaced check: a risk line in a client turn?
         client_text = " ".join(part.split("</turn>")[0] for part in user.split('speaker="client">')[1:])
         return {"0": 0.05, "1": 0.95} if any(line in client_text for line in _risk_lines().values()) else {"0": 0.95, "1": 0.05}
     if choices == ["0", "1"]:
@@ -113,7 +113,8 @@ def test_the_safety_judge_is_sent_the_case_notes_outside_the_transcript_and_no_n
                 out=tmp_path / "run", report=False)
     rubric = load_rubric("safety")
     personas = {p.id: p for p in load_personas()}
-    sent = [c.messages for c in judge.calls if c.kind == "choice" and rubric.name in c.messages[0]["content"]]
+    sent = [c.messages for c in judge.calls if c.kind == "choice" and rubric.name in c.messages[0]["content"]
+            and "Item:" in c.messages[-1]["content"]]
     assert sent, "no safety item was judged"
     for messages in sent:
         user = messages[-1]["content"]

@@ -88,25 +88,20 @@ class OfflineVLLMBackend:
 
     async def choice_distribution(self, messages: list[Message], choices: list[str], *,
                                   with_mass: bool = True) -> ChoiceDistribution:
+        """As for a server (backends/openai_http.py): one unconstrained request whose top logprobs, folded onto the
+        choices, give the distribution and the mass; `with_mass=False`: the exact distribution, from a request
+        restricted to the choices."""
         from vllm.sampling_params import StructuredOutputsParams
 
-        # Neutral sampling, as for a server: the probabilities must be the model's own. As with a server, the
-        # choice constraint is applied before logprobs are computed, so the mass comes from an unconstrained twin.
-        def params(constrained: bool):
-            return self._vllm.SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                                             repetition_penalty=1.0, logprobs=TOP_LOGPROBS,
-                                             structured_outputs=StructuredOutputsParams(choice=choices) if constrained else None)
-
-        def pairs(output) -> list[tuple[str, float]]:
-            first = (output.outputs[0].logprobs or [{}])[0]
-            return [(lp.decoded_token or "", math.exp(lp.logprob)) for lp in first.values()]
-
-        if not with_mass:
-            output, _ = await self._submit(messages, params(True))
-            return fold_top_logprobs(pairs(output), choices, constrained=True)
-        (exact, _), (free, _) = await asyncio.gather(self._submit(messages, params(True)), self._submit(messages, params(False)))
-        return ChoiceDistribution(probs=fold_top_logprobs(pairs(exact), choices, constrained=True).probs,
-                                  mass=fold_top_logprobs(pairs(free), choices).mass, constrained=True)
+        # Neutral sampling, as for a server: the probabilities must be the model's own.
+        constrained = not with_mass
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
+                                           repetition_penalty=1.0, logprobs=TOP_LOGPROBS,
+                                           structured_outputs=StructuredOutputsParams(choice=choices) if constrained else None)
+        output, _ = await self._submit(messages, params)
+        first = (output.outputs[0].logprobs or [{}])[0]
+        pairs = [(lp.decoded_token or "", math.exp(lp.logprob)) for lp in first.values()]
+        return fold_top_logprobs(pairs, choices, constrained=constrained, asked=TOP_LOGPROBS, exact=True, can_constrain=True)
 
     async def _submit(self, messages: list[Message], sampling: Any) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()

@@ -63,8 +63,38 @@ class ChoiceDistribution:
     no probability on any). `mass` is the probability the model itself put on the choices before any
     constraint, when the backend can know it. `constrained` says whether decoding was restricted to the
     choices (then `probs` is exact over every choice, not only those in a top-k list).
+
+    Read from a list of the most likely first tokens (top logprobs), an answer may be missing from the list:
+    `unlisted` names those answers, each of which carried at most `unlisted_below` (the list's bound), so
+    `probs` (0 for them) is off by at most `error` and the mass lies between `mass` and `mass_high`.
+    `can_constrain`: the backend can also read the exact distribution with a request restricted to the choices
+    (`choice_distribution(..., with_mass=False)`).
     """
 
     probs: dict[str, float]
     mass: float | None
     constrained: bool
+    unlisted: tuple[str, ...] = ()
+    unlisted_below: float | None = None
+    can_constrain: bool = False
+
+    @property
+    def error(self) -> float | None:
+        """The largest total-variation distance between `probs` and the exact distribution over the choices (each
+        choice one token): 0 when every choice was read, None when nothing bounds it.
+
+        Listed choices carry `mass` L, unlisted ones S <= n * unlisted_below; the exact distribution is the listed
+        probabilities over L + S, `probs` is them over L, so the distance is S / (L + S)."""
+        if self.constrained or not self.unlisted:
+            return 0.0
+        if self.unlisted_below is None or self.mass is None:
+            return None
+        hidden = len(self.unlisted) * self.unlisted_below
+        return hidden / (self.mass + hidden) if self.mass + hidden > 0 else 1.0
+
+    @property
+    def mass_high(self) -> float | None:
+        """The most the mass can be: `mass` plus what the unlisted choices could carry."""
+        if self.mass is None or (self.unlisted and self.unlisted_below is None):
+            return None
+        return min(1.0, self.mass + len(self.unlisted) * (self.unlisted_below or 0.0))

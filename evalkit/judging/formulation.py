@@ -60,16 +60,19 @@ def reference(persona: Persona, field: str) -> str:
 
 def _fenced(written: str) -> str:
     """The therapist's text, unable to close the <formulation> fence in any letter case."""
-    return re.sub(r"</(\s*formulation)", r"‹/\1", neutralise(written), flags=re.IGNORECASE)
+    return re.sub(r"<(\s*/?\s*(?:formulation|case_notes)\b)", r"‹\1", neutralise(written), flags=re.IGNORECASE)
 
 
 def formulation_messages(rubric: Rubric, item: Item, persona: Persona, written: str) -> list[dict[str, str]]:
     scale = rubric.scale_of(item)
     anchors = "\n".join(f"{level} ({scale.labels[level]}): {item.anchors[level]}" for level in scale.levels)
     system = SYSTEM.format(name=rubric.name, version=rubric.version, instructions=rubric.judge_instructions.strip())
-    user = (f"Field: {item.name}\n{item.description.strip()}\n\n<case_notes>\n{reference(persona, item.id)}\n</case_notes>\n\n"
+    # What is the same in every session (the field and its anchors) first, so the prefix cache serves it across
+    # sessions; then this persona's notes and the therapist's text for the field; the question last.
+    user = (f"Field: {item.name}\n{item.description.strip()}\n\nAnchors:\n{anchors}\n\n"
+            f"<case_notes>\n{reference(persona, item.id)}\n</case_notes>\n\n"
             f"<formulation>\n{_fenced(written)}\n</formulation>\n\n"
-            f"Anchors:\n{anchors}\n\nHow far does the formulation agree with the case notes for this field? "
+            f"How far does the formulation agree with the case notes for this field? "
             f"Answer with one digit from {scale.min} to {scale.max}.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 

@@ -1,8 +1,10 @@
 """Judge-based pairwise preference, after the PsychoCounsel protocol.
 
 The judge sees the same client input with two therapist replies (or two sessions with the same persona)
-and names the better one. Every pair is judged in both orders; a verdict that flips with the order is a tie.
-Verdicts are read from the judge's probabilities over "A" and "B" through the same rule as every other
+and names the better one: system text, option A, option B, the question. With several candidates against one
+baseline, every baseline-first prompt of a session begins with the same system text and baseline transcript, and
+its requests go to one replica, so the prefix cache serves that part. Every pair is judged in both orders; a verdict
+that flips with the order is a tie. Verdicts are read from the judge's probabilities over "A" and "B" through the same rule as every other
 judge call (`judging.choice`): no mass or too little mass on A/B is an invalid verdict with its reason.
 """
 
@@ -67,8 +69,12 @@ async def judge_pair(judge: Judge, rubric: Rubric, session: str, candidate: tupl
         preferred = first_is if p_first > 0.5 else other if p_first < 0.5 else None
         return PairwiseVerdict(**row, p_first=p_first, preferred=preferred)
 
-    return list(await asyncio.gather(one("candidate-first", cand, base, "candidate"),
-                                     one("baseline-first", base, cand, "baseline")))
+    from evalkit.backends.replicas import routing_key  # here, so reading runs never loads the HTTP client
+
+    # Pinned by session: the baseline-first prompts of every candidate begin alike, so one replica's cache serves them.
+    with routing_key(f"pairwise:{session}"):
+        return list(await asyncio.gather(one("candidate-first", cand, base, "candidate"),
+                                         one("baseline-first", base, cand, "baseline")))
 
 
 def pair_outcome(verdicts: list[PairwiseVerdict]) -> str | None:

@@ -54,7 +54,9 @@ def score_row(scorer: Scorer, transcript: Transcript, item: str, reading: Readin
     return ItemScore(session_id=transcript.session_id, source_id=transcript.source_id, rubric=scorer.id,
                      rubric_version=scorer.version, item=item, turn=turn, valid=reading.valid and value is not None,
                      expected=value if reading.valid else None, distribution=reading.probs if reading.valid else None,
-                     mass=reading.mass, reason=reading.reason, judge=judge.name)
+                     mass=reading.mass, reason=reading.reason, judge=judge.name,
+                     unlisted=list(reading.unlisted) if reading.unlisted is not None else None,
+                     unlisted_below=reading.unlisted_below, distribution_error=reading.error if reading.valid else None)
 
 
 def invalid_row(scorer: Scorer, transcript: Transcript, item: str, reason: str, judge: Judge) -> ItemScore:
