@@ -31,7 +31,8 @@ from aiohttp import web
 OPEN, CLOSE = "<transcript>", "</transcript>"
 INJECTION = re.compile(r"rate every item the maximum", re.IGNORECASE)
 DEFAULT_REPLY = "That sounds really hard. What matters most to you about it?"
-FAULTS = ("hang", "status", "echo_auth", "no_logprobs", "not_json", "reasoning", "length", "close")
+FAULTS = ("hang", "status", "echo_auth", "no_logprobs", "not_json", "reasoning", "length", "close",
+          *("cut_json", "cut_stream", "drip", "gzip_bomb", "malformed", "echo_auth_escaped"))  # see DEPLOYMENT_FAULTS
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Fault:
     status: int = 500  # status
     body: str = "fault injected"  # status
     retry_after: float | None = None  # status
+    variant: str = ""  # malformed: which field is wrong (see MALFORMED)
 
     def applies(self, rec: Recorded) -> bool:
         if self.times is not None and self.times <= 0:
@@ -108,6 +110,11 @@ class FaultyServer:
         self.judge_mass = 1.0
         self.judge_answer: Callable[[dict, list[str]], dict[str, float]] | None = None
         self.obey_injection = False
+        self.renamed: dict[str, str] = {}  # served name -> its new name: /v1/models lists the new, requests for the old get 404
+        self.answer_as: dict[str, str] = {}  # requested name -> the model name a reply gives
+        self.seed_crash = False  # a request carrying a seed gets 500 and kills the server (vLLM's CPU build)
+        self.version_body: dict | None = None  # GET /version's body when `vllm` (default {"version": "0.0.0-faulty"})
+        self.dead = False
         self.faults: list[Fault] = []
         self.requests: list[Recorded] = []
         self.url = ""
@@ -131,6 +138,7 @@ class FaultyServer:
             self.requests.clear()
         self.models_mode, self.vllm, self.replies, self.judge_mass = "normal", False, {}, 1.0
         self.judge_answer, self.obey_injection = None, False
+        self.renamed, self.answer_as, self.seed_crash, self.version_body, self.dead = {}, {}, False, None, False
 
     def chats(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.endswith("/chat/completions") and not r.is_judge]
@@ -173,19 +181,25 @@ class FaultyServer:
             return web.Response(status=500, text="internal error")
         if mode == "echo_auth":  # not JSON, and the key sits where a short excerpt of the body cuts it
             return web.Response(text="x" * 50 + " " + rec.headers.get("Authorization", ""), content_type="text/plain")
-        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+        served = [self.renamed.get(m, m) for m in self.models]
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in served]})
 
     async def version_handler(self, request: web.Request) -> web.Response:
         await self._record(request)
         if not self.vllm:
             raise web.HTTPNotFound()
-        return web.json_response({"version": "0.0.0-faulty"})
+        return web.json_response(self.version_body or {"version": "0.0.0-faulty"})
 
     async def chat_handler(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
         body = rec.body if isinstance(rec.body, dict) else {}
+        early = await deployment_state(self, request, rec, body)
+        if early is not None:
+            return early
         fault = self._next_fault(rec)
         action = fault.action if fault else None
+        if action in DEPLOYMENT_FAULTS:
+            return await DEPLOYMENT_FAULTS[action](self, request, rec, body, fault)
         if action == "hang":
             assert self._stopping is not None
             try:
@@ -211,7 +225,8 @@ class FaultyServer:
     # ------------------------------------------------------------------ replies
 
     def _completion(self, body: dict, message: dict, finish: str, logprobs: Any = None) -> dict:
-        return {"id": "chatcmpl-faulty", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
+        return {"id": "chatcmpl-faulty", "object": "chat.completion", "created": int(time.time()),
+                "model": self.answer_as.get(body.get("model"), body.get("model")),
                 "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
 
@@ -247,8 +262,10 @@ class FaultyServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FaultyServer:
-        started = threading.Event()
+    def start(self, port: int = 0) -> FaultyServer:
+        """`port`: 0 for a free one; the same port again to bring a stopped server back where its clients look."""
+        started, wanted = threading.Event(), port
+        self._stopping = None
 
         def serve() -> None:
             loop = asyncio.new_event_loop()
@@ -261,7 +278,7 @@ class FaultyServer:
             app.router.add_post("/v1/chat/completions", self.chat_handler)
             runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", wanted, reuse_address=True)
             loop.run_until_complete(site.start())
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.url = f"http://127.0.0.1:{port}"
@@ -270,6 +287,7 @@ class FaultyServer:
             loop.run_until_complete(runner.cleanup())
             loop.close()
 
+        self.dead = False
         self._thread = threading.Thread(target=serve, name="faulty-server", daemon=True)
         self._thread.start()
         assert started.wait(10), "the faulty server did not start"
@@ -280,6 +298,101 @@ class FaultyServer:
             self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
             self._thread.join(10)
+
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+# ---------------------------------------------------------------- faults a real deployment meets
+
+async def deployment_state(server: FaultyServer, request: web.Request, rec: Recorded, body: dict) -> web.StreamResponse | None:
+    """Answers decided by the server's state before any scripted fault: a crashed server, a renamed model, a seed
+    that crashes vLLM's CPU build."""
+    if server.dead:  # crashed: every connection is dropped
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(text="")
+    model = body.get("model")
+    if model in server.renamed:  # vLLM's answer for a model it does not serve
+        return web.json_response({"object": "error", "message": f"The model `{model}` does not exist.",
+                                  "type": "NotFoundError", "param": None, "code": 404}, status=404)
+    if server.seed_crash and "seed" in body and not rec.is_judge:
+        server.dead = True  # vLLM's engine dies; the request in flight gets 500, then the server is gone
+        return web.json_response({"object": "error", "message": "EngineCore encountered an issue. See stack trace (above) "
+                                  "for the root cause.", "type": "InternalServerError", "param": None, "code": 500}, status=500)
+    return None
+
+
+async def _cut_json(server: FaultyServer, request, rec, body, fault) -> web.StreamResponse:
+    """A 200 whose JSON stops half-way (a proxy that cut the body but sent a matching length)."""
+    whole = json.dumps(server._judge_reply(body, with_logprobs=True) if rec.is_judge else
+                       server._chat_reply(body, reasoning=False, length=False))
+    return web.Response(text=whole[: len(whole) // 2], content_type="application/json")
+
+
+async def _cut_stream(server: FaultyServer, request, rec, body, fault) -> web.StreamResponse:
+    """Headers promise more bytes than come: the connection closes mid-body."""
+    whole = json.dumps(server._chat_reply(body, reasoning=False, length=False)).encode()
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": str(len(whole))})
+    await response.prepare(request)
+    await response.write(whole[: len(whole) // 3])
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def _drip(server: FaultyServer, request, rec, body, fault) -> web.StreamResponse:
+    """A body that arrives one byte every `seconds` (a slow proxy, a stuck stream): never a timeout between bytes."""
+    whole = json.dumps(server._chat_reply(body, reasoning=False, length=False)).encode()
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": str(len(whole))})
+    await response.prepare(request)
+    for byte in whole:
+        await response.write(bytes([byte]))
+        await asyncio.sleep(fault.seconds)
+    return response
+
+
+async def _gzip_bomb(server: FaultyServer, request, rec, body, fault) -> web.StreamResponse:
+    """A few hundred kilobytes of gzip that inflate to `fault.status` MiB (default 500 for the status field's 500)."""
+    import gzip
+    import io
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9) as packed:
+        block = b" " * (1 << 20)
+        for _ in range(fault.status):
+            packed.write(block)
+    return web.Response(body=buffer.getvalue(), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+
+
+MALFORMED = {  # parseable JSON, wrong in one field
+    "message-string": lambda reply: reply["choices"][0].update(message="hello"),
+    "content-list": lambda reply: reply["choices"][0]["message"].update(content=[{"type": "text", "text": "hi"}]),
+    "int-tokens": lambda reply: [t.update(token=7) for t in reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]],
+    "logprob-1000": lambda reply: reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"][0].update(logprob=1000.0),
+    "logprob-infinity": lambda reply: reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"][0].update(logprob=math.inf),
+    "usage-string": lambda reply: reply.update(usage="lots"),
+    "usage-negative": lambda reply: reply.update(usage={"prompt_tokens": "ten", "completion_tokens": -5}),
+}
+
+
+async def _malformed(server: FaultyServer, request, rec, body, fault) -> web.StreamResponse:
+    reply = server._judge_reply(body, with_logprobs=True) if rec.is_judge else server._chat_reply(body, reasoning=False, length=False)
+    MALFORMED[fault.variant](reply)
+    return web.Response(text=json.dumps(reply), content_type="application/json")  # json.dumps writes inf as Infinity
+
+
+async def _echo_auth_escaped(server: FaultyServer, request, rec, body, fault) -> web.StreamResponse:
+    """A 400 echoing the Authorization header as JSON escapes: every character as \\uXXXX, a slash as \\/."""
+    echoed = "".join("\\/" if c == "/" else f"\\u{ord(c):04x}" for c in rec.headers.get("Authorization", ""))
+    return web.Response(status=400, text='{"error": {"message": "invalid request; you sent Authorization: ' + echoed + '"}}',
+                        content_type="application/json")
+
+
+DEPLOYMENT_FAULTS = {"cut_json": _cut_json, "cut_stream": _cut_stream, "drip": _drip, "gzip_bomb": _gzip_bomb,
+                     "malformed": _malformed, "echo_auth_escaped": _echo_auth_escaped}
 
 
 @pytest.fixture(scope="module")

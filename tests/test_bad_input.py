@@ -48,6 +48,8 @@ def snapshot(root: Path) -> dict[str, str]:
             out[rel] = "link"
         elif path.is_dir():
             out[rel] = "dir"
+        elif path.is_fifo():  # reading it would wait for a writer
+            out[rel] = "fifo"
         else:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
@@ -55,6 +57,11 @@ def snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stored_run(tmp_path_factory) -> Path:
+    # matplotlib writes its font list into the cache on its first import in a process; statsmodels imports it (e.g.
+    # reading a --judge-validation report loads evalkit.statistics). Load it here, outside any case's XDG_CACHE_HOME,
+    # as any earlier command in this process would have.
+    import matplotlib.font_manager  # noqa: F401
+
     where = tmp_path_factory.mktemp("stored")
     result = run_cli(*MOCK_RUN, "--out", where / "run")
     assert result.code == 0, result.output
@@ -142,6 +149,34 @@ def corrupt(run: Path, name: str, how: str) -> Path:
     return run
 
 
+LAUGHS = "".join(f"{a}: &{a} [{', '.join([f'*{b}'] * 9 if b else ['lol'] * 9)}]\n"
+                 for a, b in zip("abcdefghi", ["", *"abcdefgh"], strict=True))  # 1.4 KB, 10^9 nodes once expanded
+PSI_PROFILE = {"name": "Alex", "id": "p1", "type": ["plain"], "history": "Moved cities last year.",
+               "helpless_belief": ["I am powerless"], "intermediate_belief": "If I ask for help I am weak.",
+               "coping_strategies": "Works late.", "situation": "A colleague ignored my email.",
+               "auto_thought": "Nobody respects me.", "emotion": ["sad"], "behavior": "Stayed silent."}
+
+
+def psi(*profiles: dict) -> str:
+    import json
+
+    return json.dumps([{**PSI_PROFILE, **p} for p in profiles])
+
+
+def fifo(w: Work, name: str) -> Path:
+    import os
+
+    path = w / name
+    os.mkfifo(path)
+    return path
+
+
+def not_utf8(w: Work, name: str) -> Path:
+    import os
+
+    return w / os.fsdecode(name.encode() + b"-\xff\xfe")
+
+
 RATING = ('{"material_id": "m1", "rubric": "psychocounsel", "item": "empathy", "rater": "r1", "score": 3, '
           '"turns": [{"role": "client", "content": "hi"}, {"role": "therapist", "content": "hello"}]}\n')
 PAIR = '{"question": "I feel low.", "chosen": "That sounds heavy.", "rejected": "Cheer up."}\n'
@@ -174,10 +209,12 @@ class Case:
     says: tuple[str, ...] = ()
     may_write: tuple[str, ...] = ()  # relative paths (prefixes) evalkit may create/change for this case
     env: dict = field(default_factory=dict)
+    never_says: tuple[str, ...] = ()  # e.g. a password given inside a URL
 
 
-def C(id: str, setup: Setup, *says: str, may_write: tuple[str, ...] = (), env: dict | None = None) -> Case:
-    return Case(id, setup, tuple(says), may_write, env or {})
+def C(id: str, setup: Setup, *says: str, may_write: tuple[str, ...] = (), env: dict | None = None,
+      never_says: tuple[str, ...] = ()) -> Case:
+    return Case(id, setup, tuple(says), may_write, env or {}, never_says)
 
 
 def run_with(*extra) -> Setup:
@@ -384,7 +421,7 @@ CASES: list[Case] = [
     C("plan-power-2", lambda w: ["plan", "--metric", "tes.total", "--margin", "0.3", "--sd", "1", "--power", "2"], "power"),
     C("plan-sd-negative", lambda w: ["plan", "--metric", "tes.total", "--margin", "0.3", "--sd", "-1"], "sd"),
     C("plan-alpha-0.7", lambda w: ["plan", "--metric", "tes.total", "--margin", "0.3", "--sd", "1", "--alpha", "0.7"], "alpha"),
-    C("plan-no-sd-no-run", lambda w: ["plan", "--metric", "tes.total", "--margin", "0.3"], "SD"),
+    C("plan-no-sd-no-run", lambda w: ["plan", "--metric", "tes.total", "--margin", "0.3"], "--sd"),
     C("plan-run-missing", lambda w: ["plan", "--metric", "psychocounsel.overall", "--margin", "0.3", "--run", w / "run-a", "--run", w / "run-b"],
       "run-a"),
     C("plan-margin-word", lambda w: ["plan", "--metric", "tes.total", "--margin", "wide", "--sd", "1"], "--margin"),
@@ -459,6 +496,28 @@ CASES: list[Case] = [
       "u.yaml"),
     C("import-pcp-out-is-a-directory", lambda w: ["import", "psychocounsel-preference", w.file("p.jsonl", PAIR), "--out", w.folder("utterances-dir")],
       "utterances-dir"),
+    # -- from the 220-case audit (docs/faults.md lists each with its outcome)
+    C("audit-suite-persona-listed-twice", lambda w: ["run", *MOCK_ROLES, "--suite", w.suite(
+        "tes", **{"personas: all": "personas: [adhd-overwhelm-freelance-illustrator, adhd-overwhelm-freelance-illustrator]"}),
+        "--out", w / "new"], "adhd-overwhelm-freelance-illustrator", "listed twice"),
+    C("audit-suite-gate-margin-nan", lambda w: [*MOCK_RUN, "--suite", w.suite(**{"psychocounsel.overall: 0.3": "psychocounsel.overall: .nan"}),
+                                                "--out", w / "new"], "psychocounsel-suite.yaml", "margin"),
+    C("audit-suite-gate-margin-inf", lambda w: [*MOCK_RUN, "--suite", w.suite(**{"psychocounsel.overall: 0.3": "psychocounsel.overall: .inf"}),
+                                                "--out", w / "new"], "psychocounsel-suite.yaml", "margin"),
+    C("audit-suite-billion-laughs", lambda w: [*MOCK_RUN, "--suite", w.file("laughs.yaml", LAUGHS), "--out", w / "new"],
+      "laughs.yaml", "aliases"),
+    C("audit-config-billion-laughs", lambda w: ["run", "--config", w.file("c.yaml", "suite: psychocounsel\n" + LAUGHS),
+                                                "--out", w / "new"], "c.yaml", "aliases"),
+    C("audit-import-psi-one-id-twice", lambda w: ["import", "patient-psi", w.file("p.json", psi({}, {"name": "Sam"})),
+                                                  "--out", w / "pp"], "p.json", "same id as profile 1"),
+    C("audit-import-psi-one-style-twice", lambda w: ["import", "patient-psi", w.file("p.json", psi({"type": ["plain", "plain"]})),
+                                                     "--out", w / "pp"], "p.json", "twice"),
+    C("audit-report-out-is-a-fifo", lambda w: ["report", w.run(), "--out", fifo(w, "page.html")], "page.html", "FIFO"),
+    C("audit-out-path-not-utf8", lambda w: [*MOCK_RUN, "--out", not_utf8(w, "run")], "--out", "not UTF-8"),
+    C("audit-rescore-out-not-utf8", lambda w: ["rescore", w.run(), "--out", not_utf8(w, "rs"), *MOCK_JUDGE, "-q"], "not UTF-8"),
+    C("audit-endpoint-password-unreachable", lambda w: ["run", "--endpoint", f"http://user:hunter2secret@127.0.0.1:{free_port()}",
+                                                        "--out", w / "new"], "cannot reach", "user:***@",
+      never_says=("hunter2secret",)),
     # -- the rest
     C("lm-eval-path-extra-argument", lambda w: ["lm-eval-path", "extra"], "extra"),
     C("demo-sessions-word", lambda w: ["demo", "--sessions", "abc"], "--sessions"),
@@ -490,6 +549,8 @@ def test_bad_input(case: Case, tmp_path, stored_run):
     assert len(result.lines) <= 2, result.output
     for fragment in case.says:
         assert fragment in result.output, (fragment, result.output)
+    for fragment in case.never_says:
+        assert fragment not in result.output, (fragment, result.output)
 
     def allowed(rel: str) -> bool:
         return any(rel == f"w/{p}" or rel.startswith(f"w/{p}/") for p in case.may_write)
@@ -558,3 +619,10 @@ def test_invalid_run_writes_nothing_so_the_directory_still_works(existing, varia
         assert shown.code == 2 and ("not an evalkit run" in shown.output or "not a directory" in shown.output), shown.output
     again = cli(*MOCK_RUN, "--out", out, *(["--resume"] if existing == "stored-run" else []), cwd=tmp_path)
     assert again.code == 0, again.output
+
+
+def test_every_case_is_listed_in_docs_faults_md():
+    """docs/faults.md lists every case with what the line names: a reader scans one table, not this file."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "faults.md").read_text()
+    missing = [c.id for c in CASES if f"| `{c.id}` |" not in doc]
+    assert not missing, f"not in docs/faults.md: {missing}"

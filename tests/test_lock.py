@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import assert_one_line_error, read_jsonl, run_cli_subprocess
+from .conftest import CliResult, assert_one_line_error, read_jsonl, run_cli, run_cli_subprocess
 from .faulty_server import FaultyServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,3 +109,60 @@ def test_rescore_takes_the_same_lock(slow_server, tmp_path):
     assert done.code == 0, done.output
     assert Counter(t["session_id"] for t in read_jsonl(out / "transcripts.jsonl")) == Counter(
         t["session_id"] for t in read_jsonl(source / "transcripts.jsonl"))
+
+
+def test_two_different_configurations_started_together_into_one_out_one_is_refused(tmp_path):
+    """The audit's case: two commands with different models into one --out, started at once, both exited 0 and the
+    manifest named the wrong model for most sessions. Now the writer lock (or, once the first has finished, the
+    configuration check) refuses one in one line, and every session in the directory is the other's."""
+    server = FaultyServer().start()
+    server.models = ["therapist", "therapist-b", "client", "judge"]
+    replies = {"therapist": "I am therapist A. What brings you here?", "therapist-b": "I am therapist B. Tell me more."}
+    for name, text in replies.items():
+        server.replies[name] = lambda body, text=text: (time.sleep(0.3), text)[1]
+    out = tmp_path / "run"
+    try:
+        procs = {}
+        for name in replies:
+            args = _args(server, out)
+            args[args.index("therapist")] = name
+            procs[name] = _start([*args[:args.index("--sessions") + 1], "4", *args[args.index("--sessions") + 2:]])
+        results = {name: (p.wait(timeout=240), *p.communicate()) for name, p in procs.items()}
+    finally:
+        server.stop()
+    winners = [name for name, (code, _, _) in results.items() if code == 0]
+    assert len(winners) == 1, {n: (c, e[-500:]) for n, (c, _, e) in results.items()}
+    loser = next(n for n in results if n not in winners)
+    code, stdout, stderr = results[loser]
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, lines
+    assert "another evalkit process is writing this run" in lines[0] or "different configuration" in lines[0], lines[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["roles"]["therapist"]["model"] == winners[0] and manifest["status"] == "complete"
+    transcripts = read_jsonl(out / "transcripts.jsonl")
+    assert len(transcripts) == 4 == len({t["session_id"] for t in transcripts})
+    said = {turn["content"] for t in transcripts for turn in t["turns"] if turn["role"] == "therapist"}
+    assert said == {replies[winners[0]]}, said
+
+
+def test_two_rescores_started_together_write_every_row_once(tmp_path):
+    server = FaultyServer().start()
+    try:
+        source = tmp_path / "source"
+        assert run_cli(*_args(server, source)).code == 0  # in this process: only the two rescores need their own
+        server.judge_answer = lambda body, choices: (time.sleep(0.02), {c: 1.0 for c in choices})[1]  # a judge that takes a while
+        out = tmp_path / "rescored"
+        args = ["rescore", str(source), "--out", str(out), "--judge-endpoint", server.url, "--judge-model", "judge", "-q"]
+        procs = [_start(args) for _ in range(2)]
+        results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
+    finally:
+        server.stop()
+    codes = sorted(code for code, _, _ in results)
+    assert codes in ([0, 0], [0, 2]), [(c, e[-300:]) for c, _, e in results]
+    for code, stdout, stderr in results:
+        if code == 2:
+            assert_one_line_error(CliResult(code, stdout, stderr), "another evalkit process is writing this run")
+    source_keys = Counter((r["session_id"], r["rubric"], r["item"]) for r in read_jsonl(source / "scores.jsonl"))
+    rescored = Counter((r["session_id"], r["rubric"], r["item"]) for r in read_jsonl(out / "scores.jsonl"))
+    assert rescored == source_keys and set(rescored.values()) == {1}
+    assert len(read_jsonl(out / "transcripts.jsonl")) == 6

@@ -109,6 +109,11 @@ class ReplicaPool:
             finally:
                 self.outstanding[index] -= 1
                 self.info.replicas = self.records()
+                retries: dict[str, int] = {}
+                for replica in self.replicas:
+                    for cause, n in (replica.info.retries or {}).items():
+                        retries[cause] = retries.get(cause, 0) + n
+                self.info.retries = retries or None
 
     async def chat(self, messages: list[Message], params: SamplingParams) -> Completion:
         return await self._route(lambda replica: replica.chat(messages, params))

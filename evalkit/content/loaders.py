@@ -181,13 +181,22 @@ def load_patient_psi(path: str | Path) -> list[Persona]:
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{path}: expected a JSON list of Patient-Psi profiles")
     personas = []
+    first: dict[str, int] = {}  # persona id -> the profile that made it
     for number, record in enumerate(data, start=1):
         label = f" (id {record.get('id')})" if isinstance(record, dict) and record.get("id") else ""
         try:
             profile = PatientPsiProfile.model_validate(record)
-            personas.extend(patient_psi_personas(profile))
+            made = patient_psi_personas(profile)
         except ValidationError as exc:
             raise _row_error(path, number, label, exc) from None
+        for persona in made:  # two profiles of one id would write one file twice: refuse before writing any
+            if persona.id in first:
+                raise ConfigError(f"{path}: profile {number}{label} " + (
+                    f"has the same id as profile {first[persona.id]} (persona {persona.id}); every profile needs its own id"
+                    if first[persona.id] != number else "lists one conversational style twice (field 'type')")
+                    + "; nothing was written")
+            first[persona.id] = number
+        personas.extend(made)
     return personas
 
 

@@ -5,6 +5,7 @@ Imports nothing from evalkit but `secrets`.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TextIO
 
@@ -48,6 +49,15 @@ out_console = Console(file=_Scrubbed(stream="stdout"))  # type: ignore[arg-type]
 """Tables and listings, what a user pipes into grep: stdout."""
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from outside (a server's model id, an error body) made safe to print: control characters, escape
+    sequences included, shown as \\xNN instead of being obeyed by the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def warn(message: str) -> None:
-    console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", soft_wrap=True)
+    console.print(f"[bold yellow]warning:[/bold yellow] {escape(printable(message))}", soft_wrap=True)
 

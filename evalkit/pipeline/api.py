@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from evalkit.analysis import compare as comparing
-from evalkit.analysis import gate as gating
 from evalkit.backends.base import Backend
 from evalkit.core.errors import ConfigError
+from evalkit.core.fileio import report_follows
 from evalkit.core.progress import Reporter
 from evalkit.core.yamlio import describe_validation_error
 from evalkit.pipeline.evaluate import RunResult, evaluate
 from evalkit.pipeline.rescore import rescore_async as _rescore_async
 from evalkit.pipeline.spec import EvalSpec, RoleConfig
+
+if TYPE_CHECKING:  # the statistics stack (scipy, statsmodels) loads only for compare and gate, not for every run
+    from evalkit.analysis import compare as comparing
+    from evalkit.analysis import gate as gating
 
 _ROLE_KEYS = {"model", "endpoint", "api_key_env", "backend"}
 
@@ -107,13 +110,17 @@ def write_run_report(directory: Path) -> Path:
 async def compare_async(runs: list[str | Path], *, report: bool = True, pairwise_judge: RoleConfig | dict | None = None,
                         **kwargs: Any) -> tuple[comparing.Comparison, Path]:
     """Statistics across stored runs (see `analysis.compare`), then the comparison's HTML report beside them."""
-    judge = role_config(pairwise_judge, "pairwise_judge") if pairwise_judge is not None else None
-    comparison, out_dir = await comparing.compare_async(runs, pairwise_judge=judge, **kwargs)
-    if report:
-        from evalkit.report import build_report
+    from evalkit.analysis import compare as comparing
 
-        build_report([Path(p) for p in comparison.runs.values()], out_dir / "report.html",
-                     comparison=comparison.model_dump(mode="json"))
+    judge = role_config(pairwise_judge, "pairwise_judge") if pairwise_judge is not None else None
+    out = Path(kwargs["out"]) if kwargs.get("out") else None  # else a new folder: no older report to pair with
+    with report_follows(out / "report.html" if out else None, out / "comparison.json" if out else None):
+        comparison, out_dir = await comparing.compare_async(runs, pairwise_judge=judge, **kwargs)
+        if report:
+            from evalkit.report import build_report
+
+            build_report([Path(p) for p in comparison.runs.values()], out_dir / "report.html",
+                         comparison=comparison.model_dump(mode="json"))
     return comparison, out_dir
 
 
@@ -124,12 +131,16 @@ def compare(runs: list[str | Path], **kwargs: Any) -> tuple[comparing.Comparison
 
 def gate(baseline: str | Path, candidate: str | Path, *, report: bool = True, **kwargs: Any) -> tuple[gating.GateReport, Path]:
     """The non-inferiority gate (see `analysis.gate`): gate.json, gate-junit.xml, gate.md and gate-report.html."""
-    verdict, out_dir = gating.gate(baseline, candidate, **kwargs)
-    if report:
-        from evalkit.report import build_report
+    from evalkit.analysis import gate as gating
 
-        build_report([Path(verdict.baseline), Path(verdict.candidate)], out_dir / "gate-report.html",
-                     gate=verdict.model_dump(mode="json"))
+    out = Path(kwargs.get("out") or candidate)
+    with report_follows(out / "gate-report.html", out / "gate.json"):
+        verdict, out_dir = gating.gate(baseline, candidate, **kwargs)
+        if report:
+            from evalkit.report import build_report
+
+            build_report([Path(verdict.baseline), Path(verdict.candidate)], out_dir / "gate-report.html",
+                         gate=verdict.model_dump(mode="json"))
     return verdict, out_dir
 
 

@@ -18,6 +18,7 @@ from evalkit.backends.roles import RoleBackends, resolve_roles, self_play_warnin
 from evalkit.core.errors import ConfigError
 from evalkit.core.progress import Reporter
 from evalkit.core.provenance import git_commit, host_info
+from evalkit.core.secrets import scrub
 from evalkit.core.version import __version__
 from evalkit.judging import Judge
 from evalkit.pipeline.lifecycle import RunLifecycle
@@ -93,6 +94,7 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
             config.emotion_model, config.emotion_labels = hash_model_dir(emotion_dir), dict(spec.emotion_labels)
         therapist = roles["therapist"]
         model_name = therapist.spec.model or (therapist.backend.info.model if therapist.backend else None)
+        model_name = scrub(model_name) if model_name else None  # a served name holding a key never names a folder
         directory = Path(spec.out or default_run_dir(loaded.suite.id, model_name, config))
         validation = judge_validation_record(Path(spec.judge_validation), config.roles["judge"]) if spec.judge_validation else None
         fitness = judge_check_record(Path(spec.judge_check), config.roles["judge"]) if spec.judge_check else None
@@ -103,20 +105,27 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
         warnings = [*prepared.warnings, *role_warnings]
         for warning in warnings:
             reporter.warn(warning)
+        inclusion = previous.inclusion if previous is not None and spec.include_flagged is None else prepared.inclusion
+        idle = _nothing_left(store, plan, prepared, previous)
         for role in roles.values():
-            if role.backend is None:
+            if role.backend is None and not idle:  # a finished run re-run starts no server
                 await backends.bind(role)
         if previous is None:
             store.write_inputs(loaded)
         lifecycle.start(Manifest(
             evalkit_version=__version__, run_id=directory.name, status="running", command=command, git_commit=git_commit(),
             config=config, config_sha256=hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
-            roles={name: role_record(role, prepared.sampling) for name, role in roles.items()},
+            roles={name: role_record(role, prepared.sampling) if role.backend else previous.roles[name]  # type: ignore[union-attr]
+                   for name, role in roles.items()},
             self_play=self_play, self_judged=self_judged,
             sessions_requested=max(len(prepared.cases), previous.sessions_requested if previous else 0),
             started_at=previous.started_at if previous else datetime.now(timezone.utc),
             host=host_info(), warnings=warnings, judge_validation=validation, judge_check=fitness,
-            inclusion=prepared.inclusion))
+            inclusion=inclusion))
+        if idle:
+            reporter.note(f"{store.directory}: every session is simulated and scored already; nothing was sent to any model")
+            summary = summarise_run(store, plan, prepared.settings, inclusion)
+            return RunResult(directory=store.directory, manifest=lifecycle.complete(summary.counts), summary=summary)
         client = None
         if prepared.session:
             client = SimulatedClient(roles["client"].backend, prepared.sampling["client"])
@@ -127,7 +136,7 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
                        sampling=prepared.sampling["therapist"], concurrency=spec.concurrency, reporter=reporter)
         judge = Judge(roles["judge"].backend, prepared.settings, concurrency=spec.judge_concurrency)
         await score(store, plan, judge, concurrency=spec.concurrency, reporter=reporter, rejudge_invalid=spec.rejudge_invalid)
-        summary = summarise_run(store, plan, prepared.settings, prepared.inclusion)
+        summary = summarise_run(store, plan, prepared.settings, inclusion)
         manifest = lifecycle.complete(summary.counts, roles=_with_replicas(lifecycle.manifest, roles))
     except BaseException as exc:
         if lifecycle is None:
@@ -147,11 +156,29 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
     return RunResult(directory=store.directory, manifest=manifest, summary=summary)
 
 
+def _nothing_left(store: RunDir, plan: ScoringPlan, prepared: Prepared, previous: Manifest | None) -> bool:
+    """A complete run asked for again with nothing to add: no session to simulate, no row to write or re-ask."""
+    if previous is None or previous.status != "complete" or prepared.spec.rejudge_invalid:
+        return False
+    done = set(store.sources())
+    counts = count(store, plan)
+    return all(c.session_id in done for c in prepared.cases) and counts.missing_score_rows == 0
+
+
 def _with_replicas(manifest: Manifest | None, roles: dict) -> dict:
-    """The manifest's role records with how each replica fared (requests, and why one was taken out)."""
+    """The manifest's role records with how each replica fared (requests, and why one was taken out) and how many
+    requests were sent again, by cause (the run's retry volume)."""
     assert manifest is not None
-    return {name: record.model_copy(update={"replicas": roles[name].backend.info.replicas})
-            if record.replicas and name in roles and roles[name].backend else record for name, record in manifest.roles.items()}
+    out = {}
+    for name, record in manifest.roles.items():
+        backend = roles[name].backend if name in roles else None
+        if backend is not None:
+            update = {"retries": getattr(backend.info, "retries", None) or record.retries}
+            if record.replicas:
+                update["replicas"] = backend.info.replicas
+            record = record.model_copy(update=update)
+        out[name] = record
+    return out
 
 
 async def evaluate_many(specs: list[EvalSpec], *, reporter: Reporter | None = None,

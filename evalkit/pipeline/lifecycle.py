@@ -57,6 +57,9 @@ class RunLifecycle:
         if isinstance(error, BackendUnavailable):
             return RunInterrupted(f"{explain() or error}{kept}; re-run the same command to continue")
         if isinstance(error, StorageError):
+            if self.manifest is not None and not self.store.directory.is_dir():  # it was there: the run started in it
+                return RunInterrupted(f"{self.store.directory}: the run directory was removed while the run was writing it "
+                                      f"({error}); nothing of it is left to keep: run the same command again to start it anew")
             return RunInterrupted(f"{error}; everything written before is intact, re-run the same command once the problem "
                                   "is solved to continue")
         return error

@@ -35,7 +35,7 @@ class Prepared:
 
     @property
     def inclusion(self) -> Inclusion:
-        return Inclusion(include_flagged=self.spec.include_flagged, exclude_truncated=self.loaded.suite.exclude_truncated)
+        return Inclusion(include_flagged=bool(self.spec.include_flagged), exclude_truncated=self.loaded.suite.exclude_truncated)
 
 
 def prepare(spec: EvalSpec) -> Prepared:

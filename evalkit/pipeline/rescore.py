@@ -91,11 +91,12 @@ async def rescore_async(source: str | Path, *, judge: RoleConfig | Backend, out:
         if not out_dir.path("inputs").is_dir():
             out_dir.write_inputs(loaded)
         if not out_dir.path(TRANSCRIPTS).exists():
-            write_lines_atomic(out_dir.path(TRANSCRIPTS), (t.model_dump_json() for t in source_dir.iter_transcripts()))
+            write_lines_atomic(out_dir.path(TRANSCRIPTS), (t.model_dump_json() for t in source_dir.iter_transcripts()),
+                               make_parents=False)
         await score(out_dir, plan, Judge(role.backend, settings, concurrency=judge_concurrency), concurrency=concurrency,  # type: ignore[arg-type]
                     reporter=reporter, rejudge_invalid=rejudge_invalid)
         summary = summarise_run(out_dir, plan, settings, inclusion)
-        manifest = lifecycle.complete(summary.counts)
+        manifest = lifecycle.complete(summary.counts, roles=_judge_retries(lifecycle.manifest, role))
     except BaseException as exc:
         error = lifecycle.stopped(exc, counts=lambda: count(out_dir, plan), kept=f"; the rescored rows so far are kept in {out_dir.directory}",
                                   explain=backends.explain_failure)
@@ -107,6 +108,14 @@ async def rescore_async(source: str | Path, *, judge: RoleConfig | Backend, out:
         await backends.close()
         reporter.close()
     return RunResult(directory=out_dir.directory, manifest=manifest, summary=summary)
+
+
+def _judge_retries(manifest, role) -> dict:
+    """The manifest's roles with the new judge's retry volume (requests sent again, by cause)."""
+    retries = getattr(role.backend.info, "retries", None) if role.backend is not None else None
+    if manifest is None or not retries:
+        return manifest.roles if manifest is not None else {}
+    return {**manifest.roles, "judge": manifest.roles["judge"].model_copy(update={"retries": retries})}
 
 
 def rescore(*args: Any, **kwargs: Any) -> RunResult:

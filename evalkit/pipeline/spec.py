@@ -44,10 +44,12 @@ class EvalSpec(BaseModel):
     reasoning_parser: str | None = Field(None, description="start managed vLLM servers with this --reasoning-parser")
     trust_remote_code: bool = False
     judge_min_mass: float = Field(0.5, ge=0, le=1, description="the judge must put this much probability on the allowed answers")
-    judge_mass_check: bool = Field(True, description="constrained judges: measure that mass with an unconstrained twin request")
+    judge_mass_check: bool = Field(True, description="no effect: every reading measures the mass in its one request "
+                                                      "(kept so old configuration files still load)")
     adherence: bool = Field(True, description="check every simulated client turn against its persona")
     adherence_threshold: float = Field(0.8, ge=0, le=1, description="sessions below this adherence rate are flagged")
-    include_flagged: bool = Field(False, description="keep flagged sessions in the summary")
+    include_flagged: bool | None = Field(None, description="keep flagged sessions in the statistics (None: as the run "
+                                                           "being continued recorded, else no); recorded in the manifest")
     emotion_model: Path | None = Field(None, description="reference suites: a sequence-classification model (transformers) "
                                                          "whose label is compared with each item's annotated emotion")
     emotion_labels: dict[str, str] = Field({}, description="classifier label -> dataset emotion label")

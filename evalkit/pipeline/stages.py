@@ -43,8 +43,9 @@ class ScoringPlan:
                                  RubricScorer(rubric, applies_to=use.applies_to, layout=settings.layout)
                                  for use, rubric in loaded.rubric_uses]
         if loaded.suite.unit == "session":
-            if any(r.critical_items for r in loaded.rubrics):
-                scorers.append(RiskSurfacedScorer())
+            critical = [r for r in loaded.rubrics if r.critical_items]
+            if critical:  # asked within that rubric's prompt prefix, which the prefix cache then serves
+                scorers.append(RiskSurfacedScorer(critical[0]))
             if settings.adherence_threshold is not None and simulated_client:
                 scorers.append(AdherenceScorer())
         scorers += [make_scorer(name, loaded, **options) for name in loaded.suite.scorers]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evalkit.core.types import SamplingParams
 
@@ -87,9 +88,33 @@ class ItemScore(_Record):
     valid: bool
     expected: float | None = Field(None, description="expected score under the judge's distribution")
     distribution: dict[str, float] | None = Field(None, description="score level -> probability (sums to 1)")
-    mass: float | None = Field(None, description="probability the judge itself put on the allowed answers, when known")
+    mass: float | None = Field(None, description="probability the judge itself put on the allowed answers, when known "
+                                                 "(read from its top alternatives: a lower bound when an answer was unlisted)")
     reason: str | None = Field(None, description="why the score could not be obtained")
     judge: str
+    unlisted: list[str] | None = Field(None, description="allowed answers missing from the judge's top alternatives "
+                                                         "(None: not recorded)")
+    unlisted_below: float | None = Field(None, description="each unlisted answer carried at most this probability, so the "
+                                                            "mass is at most mass + len(unlisted) * unlisted_below")
+    distribution_error: float | None = Field(None, description="the most the distribution can differ (total variation) "
+                                                               "from the judge's exact one over the answers: 0 when every "
+                                                               "answer was read exactly")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_or_invalid(cls, data: Any) -> Any:
+        """A row whose numbers are not finite (a judge's logprob of Infinity, or such a row written by an older
+        evalkit, stored as null) is an invalid row with its reason, never a valid row without a score."""
+        if not isinstance(data, dict) or not data.get("valid"):
+            return data
+        expected, dist, mass = data.get("expected"), data.get("distribution"), data.get("mass")
+        finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+        if finite(expected) and (dist is None or (isinstance(dist, dict) and all(finite(p) for p in dist.values()))) \
+                and (mass is None or finite(mass)):
+            return data
+        return {**data, "valid": False, "expected": None, "distribution": None, "mass": mass if finite(mass) else None,
+                "reason": data.get("reason") or "the judge's probabilities were not finite numbers (e.g. a logprob of "
+                                                "Infinity): no score could be read"}
 
 
 class ReplicaRecord(_Record):
@@ -112,6 +137,8 @@ class BackendRecord(_Record):
     server: str | None = None
     server_version: str | None = None
     replicas: list[ReplicaRecord] | None = None
+    retries: dict[str, int] | None = Field(None, description="requests sent again, by cause (HTTP 429, HTTP 503, timeout, "
+                                                             "connection, ...); None: none were")
 
 
 class AdherenceSummary(_Record):
@@ -220,6 +247,15 @@ class Manifest(_Record):
         None, description="the fitness check (judge check on the shipped vignettes) this run's judge passed or failed")
     inclusion: Inclusion = Field(Inclusion(), description="which sessions the statistics keep, unless a later command "
                                                           "is told otherwise")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        """Arguments with bytes that are not UTF-8 (a path) recorded as \\xNN, so the manifest can be written."""
+        if isinstance(value, list):
+            return [v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if isinstance(v, str) else v
+                    for v in value]
+        return value
 
 
 class Stat(_Record):

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from evalkit.core.errors import ConfigError, EvalkitError, RunDirectoryConflict, StorageError
-from evalkit.core.fileio import append_lines, ensure_directory, iter_jsonl, overwrite_in_place, read_model, repair_tail, write_atomic
+from evalkit.core.fileio import (
+    append_lines,
+    check_utf8_path,
+    ensure_directory,
+    iter_jsonl,
+    overwrite_in_place,
+    read_model,
+    repair_tail,
+    write_atomic,
+)
 from evalkit.store.records import ItemScore, Manifest, RunConfig, Summary, Transcript
 
 MANIFEST, TRANSCRIPTS, SCORES, SUMMARY, INPUTS = "manifest.json", "transcripts.jsonl", "scores.jsonl", "summary.json", "inputs"
@@ -185,6 +194,7 @@ class RunDir:
     def check_target(self, *, resume: bool) -> None:
         """Refuse, before anything is written, a path that cannot hold this run: a file, a user's own folder, or
         (`resume`) a folder with no run in it."""
+        check_utf8_path(self.directory, "output directory")
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(f"output directory {self.directory}: is a file, not a directory")
         if self.path(MANIFEST).exists():
@@ -224,14 +234,14 @@ class RunDir:
         """`last_resort`: if the disk is too full for a new file, rewrite the old manifest in its own space."""
         text = manifest.model_dump_json(indent=2)
         try:
-            write_atomic(self.path(MANIFEST), text)
+            write_atomic(self.path(MANIFEST), text, make_parents=False)  # a removed run directory is not made again
         except StorageError:
             if not (last_resort and self.path(MANIFEST).exists()):
                 raise
             overwrite_in_place(self.path(MANIFEST), text)
 
     def write_summary(self, summary: Summary) -> None:
-        write_atomic(self.path(SUMMARY), summary.model_dump_json(indent=2))
+        write_atomic(self.path(SUMMARY), summary.model_dump_json(indent=2), make_parents=False)
 
     def append_transcript(self, transcript: Transcript) -> None:
         append_lines(self.path(TRANSCRIPTS), [transcript.model_dump_json()])
