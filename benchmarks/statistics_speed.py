@@ -1,114 +1,111 @@
-"""How long `compare` takes, and what its two costly parts gained, measured side by side in one run.
+"""How long `evalkit compare` takes end to end, and what its costly parts cost.
 
-    python benchmarks/statistics_speed.py [--repeats 3] [--rounds 1000] [--rubric act-fm]
+    python benchmarks/statistics_speed.py [--repeats 5] [--against /tmp/base]
 
 Data: four synthetic stored runs (tests/synthetic_runs.py) of 12 personas x 2 replicates = 24 sessions each, scored
-on the rubric's items (act-fm: 25 items and 11 composites = 36 metrics). No server is involved.
+on ACT-FM's items (25 items, 11 composites = 36 metrics; act-fm's primary family is the two totals). No server.
 
-1. REML fits of every metric: evalkit's fit (optimum located on the profiled deviance, statsmodels' result at that
-   point) against statsmodels' own optimisers from several starts (`reml_fit(locate=False)`, how evalkit fitted
-   before), with the largest log-likelihood either side reached above the other.
-2. Bradley-Terry bootstrap of the first --bt-metrics metrics: all resamples fitted at once from per-session win matrices, against
-   refitting each resample from a rebuilt outcome table (pd.concat of the drawn sessions, as before).
-3. `compare` end to end (fits, tests, bootstrap, tables, HTML report).
-4. One REML fit of a large design (100 personas x 5 conditions x 3 replicates, simulated), both ways as in 1:
-   the located fit's cost grows with the number of personas, not with its cube.
-Timed sides alternate; each figure is the median of --repeats.
+1. `evalkit compare` end to end, as a user runs it: a fresh `python -m evalkit compare m0 m1 m2 --baseline m3` process
+   (imports, statistics, tables, the HTML report), wall-clock and CPU (user + system) time of the process. With
+   `--against DIR` (a checkout of another commit, e.g. `git worktree add /tmp/base b011326`), that checkout's CLI runs
+   on runs written by its own tests/synthetic_runs.py with the same seeds, the two sides alternating, and the ratio
+   current / other is printed. Without it, the ratio is against the figures measured for b011326 on the day this
+   benchmark was extended (RECORDED below).
+2. The parts, in this process: importing what compare needs, the REML fits of every metric (evalkit's located fit
+   against statsmodels' own optimisers from several starts, `reml_fit(locate=False)`), and the report.
+3. One REML fit of a large design (100 personas x 5 conditions x 3 replicates), both ways as in 2: the located fit's
+   cost grows with the number of personas, not with its cube.
+Each figure is the median of --repeats. On a machine that other processes share, CPU time is the steadier figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+ROOT = Path(__file__).resolve().parent.parent
+# b011326 on this benchmark's data, measured alternating with the current tree on 2026-12-05 (2 cores shared with other
+# work, load average about 1): wall and CPU seconds of the `evalkit compare` process, median of 5. The issue measured
+# 6.3 s wall for the same command on an idle machine.
+RECORDED = {"commit": "b011326", "wall": 7.74, "cpu": 7.93}
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from evalkit.analysis.compare import compare
-from evalkit.analysis.runs import load_run, metric_better, session_table
+WRITE_RUNS = """
+import sys
+from pathlib import Path
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(root))
 from evalkit.content.personas import load_personas
-from evalkit.statistics.mixed import build_model, design
-from evalkit.statistics.reml import reml_fit
-from evalkit.statistics.winrate import bradley_terry, bradley_terry_bootstrap, pairwise_outcomes
-from tests.synthetic_runs import write_run  # noqa: E402
+from tests.synthetic_runs import write_run
+ids = [p.id for p in load_personas()][:12]
+effects = {pid: 0.1 * (i % 5 - 2) for i, pid in enumerate(ids)}
+for k in range(4):
+    write_run(out / f"m{k}", effect=0.2 * k, persona_effects=effects, seed=k, rubric_id="act-fm")
+"""
+
+
+def _env(checkout: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(checkout), "COLUMNS": "160"}
+
+
+def write_runs(checkout: Path, out: Path) -> list[Path]:
+    subprocess.run([sys.executable, "-c", WRITE_RUNS, str(checkout), str(out)], check=True, env=_env(checkout), cwd=out.parent)
+    return [out / f"m{k}" for k in range(4)]
+
+
+def compare_process(checkout: Path, runs: list[Path], out: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `python -m evalkit compare` process of `checkout`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "evalkit", "compare", *map(str, runs[:3]), "--baseline", str(runs[3]), "--out", str(out)],
+                   check=True, env=_env(checkout), cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def timed(fn) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def models_of(table: pd.DataFrame, conditions: list[str]):
+def parts(runs: list[Path], repeats: int, tmp: Path) -> None:
+    started = time.process_time()
+    import numpy as np
+    import pandas as pd
+
+    from evalkit.analysis.compare import compare
+    from evalkit.analysis.runs import load_run, metric_rows
+    from evalkit.report import build_report
+    from evalkit.statistics.mixed import build_model, design
+    from evalkit.statistics.reml import reml_fit
+    imports = time.process_time() - started
+    loaded = [load_run(p) for p in runs]
+    conditions = [r.name for r in loaded]
+    table = metric_rows(loaded)
+    models = []
     for _, data in table.dropna(subset=["value"]).groupby("metric"):
         codes = pd.Categorical(data["condition"], categories=conditions).codes.astype(int)
-        yield build_model(data["value"].to_numpy(float), design(data, conditions), data["persona"].astype(str).to_numpy(),
-                          codes, len(conditions), True)
-
-
-def bootstrap_by_rebuilding(outcomes: pd.DataFrame, models: list[str], rounds: int, seed: int = 0) -> None:
-    """The former way: draw sessions, concatenate their rows into a new table, fit it."""
-    groups = dict(tuple(outcomes.groupby("session")))
-    names = list(groups)
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's trust region warns on some separated resamples
-        for _ in range(rounds):
-            drawn = rng.choice(len(names), len(names), replace=True)
-            bradley_terry(pd.concat([groups[names[i]] for i in drawn], ignore_index=True), models)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=1000)
-    parser.add_argument("--bt-metrics", type=int, default=4, help="metrics in the Bradley-Terry comparison")
-    parser.add_argument("--rubric", default="act-fm", choices=["act-fm", "psychocounsel", "tes"])
-    args = parser.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="evalkit-statbench-"))
-    ids = [p.id for p in load_personas()][:12] if args.rubric == "act-fm" else [f"u{i:03d}" for i in range(1, 13)]
-    effects = {pid: 0.1 * (i % 5 - 2) for i, pid in enumerate(ids)}
-    paths = [write_run(tmp / f"m{k}", effect=0.2 * k, persona_effects=effects, seed=k, rubric_id=args.rubric) for k in range(4)]
-    runs = [load_run(p) for p in paths]
-    conditions = [r.name for r in runs]
-    table = session_table(runs, runs[0].rubrics)
-    metrics = sorted(table["metric"].unique())
-    print(f"data: 4 runs x {table['session'].nunique()} sessions, rubric {args.rubric}, {len(metrics)} metrics; "
-          f"median of {args.repeats} repeats, sides alternating")
-
-    models = list(models_of(table, conditions))
+        models.append(build_model(data["value"].to_numpy(float), design(data, conditions), data["persona"].astype(str).to_numpy(),
+                                  codes, len(conditions), True))
     gap = max(abs(reml_fit(m)[0].llf - reml_fit(m, locate=False)[0].llf) for m in models)
-    below = min(reml_fit(m)[0].llf - reml_fit(m, locate=False)[0].llf for m in models)
-    located, alone = [], []
-    for _ in range(args.repeats):
-        located.append(timed(lambda: [reml_fit(m) for m in models]))
-        alone.append(timed(lambda: [reml_fit(m, locate=False) for m in models]))
-    a, b = statistics.median(located), statistics.median(alone)
-    print(f"1. REML fits of {len(models)} metrics: located {a:.2f} s, statsmodels optimisers alone {b:.2f} s, "
-          f"ratio {a / b:.3f}; largest log-likelihood gap {gap:.1e} (located minus alone, worst: {below:+.1e})")
-
-    outcome_sets = []
-    for metric in metrics:
-        valid = table[(table["metric"] == metric)].dropna(subset=["value"])
-        outcomes = pairwise_outcomes(valid, conditions, metric_better(runs[0].rubrics, metric))
-        if outcomes["winner"].nunique() >= 2:
-            outcome_sets.append(outcomes)
-    outcome_sets = outcome_sets[:args.bt_metrics]  # refitting every resample takes ~2 s per metric
-    stacked, rebuilt = [], []
-    for _ in range(args.repeats):
-        stacked.append(timed(lambda: [bradley_terry_bootstrap(o, conditions, rounds=args.rounds) for o in outcome_sets]))
-        rebuilt.append(timed(lambda: [bootstrap_by_rebuilding(o, conditions, args.rounds) for o in outcome_sets]))
-    a, b = statistics.median(stacked), statistics.median(rebuilt)
-    print(f"2. Bradley-Terry bootstrap, {len(outcome_sets)} metrics x {args.rounds} resamples: stacked {a:.2f} s, "
-          f"rebuilt per resample {b:.2f} s, ratio {a / b:.3f}")
+    located = statistics.median(timed(lambda: [reml_fit(m) for m in models]) for _ in range(repeats))
+    alone = statistics.median(timed(lambda: [reml_fit(m, locate=False) for m in models]) for _ in range(repeats))
+    comparison, out = compare(runs[:3], baseline=runs[3], out=tmp / "parts")
+    analysis = statistics.median(timed(lambda i=i: compare(runs[:3], baseline=runs[3], out=tmp / f"parts{i}"))
+                                 for i in range(repeats))
+    report = statistics.median(timed(lambda: build_report(runs, tmp / "report.html", comparison=comparison.model_dump(mode="json")))
+                               for _ in range(repeats))
+    print(f"2. parts (CPU s, this process): imports {imports:.2f}; compare's statistics and tables {analysis:.2f}, of which "
+          f"the REML fits of {len(models)} metrics {located:.2f} (statsmodels' optimisers alone: {alone:.2f}, largest "
+          f"log-likelihood gap {gap:.1e}); the HTML report {report:.2f}")
 
     rng = np.random.default_rng(1)
     personas, k, replicates = 100, 5, 3
@@ -118,19 +115,45 @@ def main() -> None:
     labels = np.repeat([f"p{i:03d}" for i in range(personas)], k * replicates)
     big = pd.DataFrame({"condition": np.array([f"c{j}" for j in range(k)])[codes], "persona": labels, "value": values})
     model = build_model(values, design(big, [f"c{j}" for j in range(k)]), labels, codes, k, True)
-    located, alone = [], []
-    for _ in range(args.repeats):
-        located.append(timed(lambda: reml_fit(model)))
-        alone.append(timed(lambda: reml_fit(model, locate=False)))
+    a = statistics.median(timed(lambda: reml_fit(model)) for _ in range(repeats))
+    b = statistics.median(timed(lambda: reml_fit(model, locate=False)) for _ in range(repeats))
     gap = reml_fit(model)[0].llf - reml_fit(model, locate=False)[0].llf
-    large = (f"4. one REML fit, {personas} personas x {k} conditions x {replicates} replicates: located "
-             f"{statistics.median(located):.3f} s, statsmodels optimisers alone {statistics.median(alone):.3f} s, "
-             f"ratio {statistics.median(located) / statistics.median(alone):.3f}; log-likelihood gap {gap:+.1e}")
+    print(f"3. one REML fit, {personas} personas x {k} conditions x {replicates} replicates: located {a:.3f} s, statsmodels "
+          f"optimisers alone {b:.3f} s, ratio {a / b:.3f}; log-likelihood gap {gap:+.1e}")
 
-    whole = [timed(lambda i=i: compare(paths[:3], baseline=paths[3], bootstrap_rounds=args.rounds, out=tmp / f"cmp{i}"))
-             for i in range(args.repeats)]
-    print(f"3. compare end to end (bootstrap {args.rounds}): {statistics.median(whole):.2f} s")
-    print(large)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--against", type=Path, help="a checkout of another commit to time the same way (e.g. /tmp/base)")
+    parser.add_argument("--skip-parts", action="store_true", help="only the end-to-end figure")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="evalkit-statbench-"))
+    (tmp / "current").mkdir()
+    runs = write_runs(ROOT, tmp / "current" / "runs")
+    sides = {"current": (ROOT, runs)}
+    if args.against:
+        (tmp / "other").mkdir()
+        sides["other"] = (args.against.resolve(), write_runs(args.against.resolve(), tmp / "other" / "runs"))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    for i in range(args.repeats):  # sides alternate, so a change in the machine's load hits both
+        for name, (checkout, side_runs) in sides.items():
+            times[name].append(compare_process(checkout, side_runs, side_runs[0].parent.parent / f"cmp{i}"))
+    median = {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
+    wall, cpu = median["current"]
+    print(f"data: 4 runs x 24 sessions (12 personas x 2 replicates), act-fm, 36 metrics; median of {args.repeats}")
+    if "other" in median:
+        other_wall, other_cpu = median["other"]
+        print(f"1. evalkit compare end to end: current {wall:.2f} s wall, {cpu:.2f} s CPU; {args.against} {other_wall:.2f} s "
+              f"wall, {other_cpu:.2f} s CPU; ratio current/other {wall / other_wall:.2f} wall, {cpu / other_cpu:.2f} CPU")
+    else:
+        print(f"1. evalkit compare end to end: {wall:.2f} s wall, {cpu:.2f} s CPU; ratio against {RECORDED['commit']} as "
+              f"recorded ({RECORDED['wall']} s wall, {RECORDED['cpu']} s CPU): {wall / RECORDED['wall']:.2f} wall, "
+              f"{cpu / RECORDED['cpu']:.2f} CPU")
+    if not args.skip_parts:
+        sys.path.insert(0, str(ROOT))
+        parts(runs, args.repeats, tmp)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,15 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
               rubric_id: str = "psychocounsel", suite_version: str | None = None, seed: int = 0,
               noise: float = 0.4, judge: str = "judge-x", reply_chars: int = 200, skip: set[str] = frozenset(),
               override: dict[tuple[str, str], float | None] | None = None, turns: int = 1,
-              status: str = "complete", surfaced: float = 0.9) -> Path:
+              status: str = "complete", surfaced: float = 0.9, therapist: str | None = None, client: str | None = None,
+              sampling: dict[str, dict] | None = None, judge_method: str = "m") -> Path:
     """`persona_effects`: persona (or utterance) id -> its effect.
 
     `override[(session, item)]` sets one score outright (None: an invalid score). The suite is the built-in one
     for the rubric, restricted to the given personas/utterances; only the rubric `rubric_id` is scored (plus the
     risk-surfaced check, at probability `surfaced`, for risk personas when the rubric has critical items).
+    `therapist` (default: the directory's name) and `client` are the roles' identities; `sampling` overrides the suite's
+    sampling settings per role, e.g. {"therapist": {"temperature": 1.2}}.
     """
     loaded = load_suite(SUITE_OF[rubric_id])
     rubric = next(r for r in loaded.rubrics if r.id == rubric_id)
@@ -58,15 +61,24 @@ def write_run(directory: Path, *, effect: float, persona_effects: dict[str, floa
     loaded = replace(loaded, suite=suite, rubrics=[rubric], **{"personas": [], "utterances": [], **kind})
     rng = np.random.default_rng(seed)
     store = RunDir(directory)
+    therapist = therapist or directory.name
+    base_sampling = {"therapist": loaded.suite.sampling.therapist, "client": loaded.suite.sampling.client}
+    if loaded.suite.unit != "session":
+        base_sampling.pop("client")
+    settings = {role: params.model_copy(update=(sampling or {}).get(role, {})) for role, params in base_sampling.items()}
+    roles = {"therapist": therapist, "judge": judge, **({"client": client} if client else {})}
     config = RunConfig(suite=ContentRef(id=loaded.suite.id, version=loaded.suite.version, sha256="x"),
                        rubrics=[ContentRef(id=rubric.id, version=rubric.version, sha256=rubric.content_hash)],
-                       clients_sha256="c", turns=turns, sampling={}, therapist_system_prompt_sha256="p",
-                       roles={"therapist": directory.name, "judge": judge}, judge_method="m", adherence_threshold=None)
+                       clients_sha256="c", turns=turns, sampling=settings, therapist_system_prompt_sha256="p",
+                       roles=roles, judge_method=judge_method, adherence_threshold=None)
     store.prepare(config, resume=False)
     store.write_inputs(loaded)
     role = RoleRecord(kind="openai", model=judge, identity=judge)
+    records = {"judge": role, "therapist": role.model_copy(update={"model": therapist, "identity": therapist})}
+    if client:
+        records["client"] = role.model_copy(update={"model": client, "identity": client})
     manifest = Manifest(evalkit_version="test", run_id=directory.name, status=status, command=[], git_commit=None,  # type: ignore[arg-type]
-                        config=config, config_sha256="h", roles={"judge": role, "therapist": role.model_copy(update={"model": directory.name})},
+                        config=config, config_sha256="h", roles=records,
                         self_play=False, self_judged=False, sessions_requested=len(sources) * replicates, started_at=NOW, host={})
     store.write_manifest(manifest)
     for source, persona_effect in zip(sources, persona_effects.values(), strict=True):

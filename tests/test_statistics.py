@@ -1,8 +1,10 @@
 """Every statistic is checked against a computation independent of the code under test:
 closed-form ANOVA for balanced designs (with and without replicates), lme4's reference fits that statsmodels
-ships (logLik, variance components, fixed effects, vcov; Pastes), rank formulas, the binomial distribution,
-Wilson's formula, Hunter's MM algorithm and a direct Nelder-Mead optimisation for Bradley-Terry, scipy's
-one-sample t for the gate, and Newton-Raphson for the logistic model. Error rates: test_statistics_simulation.py."""
+ships (logLik, variance components, fixed effects, vcov; Pastes), rank formulas on persona means, the binomial
+distribution, Wilson's formula, exact enumeration of within-persona permutations, Hunter's MM algorithm and a
+cluster-robust sandwich written out by hand for Bradley-Terry, scipy's one-sample t for the gate, one-way ANOVA
+for the plan's variance components, Holm's procedure by hand, and Newton-Raphson for the logistic model.
+Error rates: test_statistics_simulation.py."""
 
 from __future__ import annotations
 
@@ -15,19 +17,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels
-from scipy import optimize, stats
+from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM
 
-from evalkit.statistics.mixed import build_model, design, fit_mixed_model, lme4_covariance
-from evalkit.statistics.noninferiority import decide, persona_of, plan, plan_from_differences, sessions_needed
+from evalkit.statistics.mixed import NotEstimable, build_model, design, fit_mixed_model, lme4_covariance
+from evalkit.statistics.multiplicity import holm
+from evalkit.statistics.noninferiority import (
+    decide,
+    persona_of,
+    plan,
+    plan_from_differences,
+    sessions_needed,
+    variance_components,
+)
 from evalkit.statistics.nonparametric import cohens_d, friedman, kruskal_wallis, rank_biserial, rating_counts_chi2
+from evalkit.statistics.proportion import clustered_proportion_ci
 from evalkit.statistics.reml import ProfiledReml, reml_fit
 from evalkit.statistics.winrate import (
     bradley_terry,
-    bradley_terry_bootstrap,
+    clustered_outcomes,
     head_to_head,
     length_controlled_win_rate,
-    pairwise_outcomes,
     strongly_connected,
     win_summary,
 )
@@ -294,15 +304,46 @@ def test_friedman_and_kruskal_wallis_from_rank_formulas():
     assert kw["h"] == pytest.approx(h, rel=1e-9) and kw["p_value"] == pytest.approx(stats.chi2.sf(h, 2), rel=1e-9)
 
 
-def test_rating_count_chi_square_by_hand():
-    ratings = pd.DataFrame({"condition": ["a"] * 10 + ["b"] * 10,
-                            "rating": [1, 1, 2, 2, 2, 3, 3, 3, 3, 3] + [1, 1, 1, 1, 2, 2, 2, 3, 3, 1]})
-    observed = np.array([[2, 3, 5], [5, 3, 2]])
-    expected = observed.sum(1, keepdims=True) * observed.sum(0, keepdims=True) / observed.sum()
-    chi2 = ((observed - expected) ** 2 / expected).sum()
+def test_friedman_blocks_are_personas_with_their_replicates_averaged():
+    data = balanced_data(personas=7, replicates=3, seed=12, interaction_sd=0.4)
+    data = data.drop(index=data.index[[0, 5]])  # unequal replicates: a persona mean is over what is there
+    means = {c: [data[(data["persona"] == f"p{p}") & (data["condition"] == c)]["value"].mean() for p in range(7)] for c in CONDITIONS}
+    ranks = pd.DataFrame(means).rank(axis=1)
+    n, k = 7, 3
+    q = 12 / (n * k * (k + 1)) * (ranks.sum() ** 2).sum() - 3 * n * (k + 1)
+    result = friedman(data, CONDITIONS)
+    assert result.blocks == 7 and result.unit == "persona" and result.chi2 == pytest.approx(q, rel=1e-9)
+    assert result.p_value == pytest.approx(stats.chi2.sf(q, 2), rel=1e-9)
+
+
+def test_rating_count_chi_square_by_hand_with_an_exact_within_persona_permutation_p():
+    """The statistic is Pearson's on the condition x level counts; its p comes from permuting conditions within persona.
+    With 2 conditions and 4 personas there are 2^4 = 16 such permutations, which scipy enumerates: the p must equal the
+    share of them (by hand, below) whose chi-square is at least the observed one."""
+    rows = {"p1": ([1, 1, 2], [2, 3, 3]), "p2": ([2, 3], [1, 1]), "p3": ([3, 3, 3], [1, 2, 2]), "p4": ([1, 2], [3, 2])}
+    ratings = pd.DataFrame([{"condition": c, "persona": p, "rating": r} for p, (a, b) in rows.items()
+                            for c, values in (("a", a), ("b", b)) for r in values])
     result = rating_counts_chi2(ratings, ["a", "b"])
-    assert result["counts"] == observed.tolist() and result["df"] == 2
-    assert result["chi2"] == pytest.approx(chi2, rel=1e-12)
+
+    def chi2(table):
+        table = np.asarray(table, float)
+        expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+        return ((table - expected) ** 2 / expected).sum()
+
+    def counts(assign):  # assign[p] = 0 keeps p's cells, 1 swaps them
+        table = np.zeros((2, 3))
+        for (_, (a, b)), swap in zip(rows.items(), assign, strict=True):
+            for row, values in enumerate((b, a) if swap else (a, b)):
+                for v in values:
+                    table[row, v - 1] += 1
+        return table
+
+    observed = counts([0, 0, 0, 0])
+    assert result.counts == observed.astype(int).tolist() and result.df == 2 and result.unit == "persona"
+    assert result.chi2 == pytest.approx(chi2(observed), rel=1e-12)
+    assert result.chi2 == pytest.approx(stats.chi2_contingency(observed, correction=False)[0], rel=1e-12)
+    every = [chi2(counts(assign)) for assign in itertools.product([0, 1], repeat=4)]
+    assert result.p_value == pytest.approx(np.mean([x >= chi2(observed) - 1e-9 for x in every]), abs=1e-12)
 
 
 def test_effect_sizes_by_definition():
@@ -315,10 +356,12 @@ def test_effect_sizes_by_definition():
 
 
 def test_head_to_head_sign_test_and_wilson_by_hand():
+    """One session per persona: persona units are the sessions, so the classical sign test and Wilson interval apply."""
     candidate = pd.Series({"s1": 3.0, "s2": 2.5, "s3": 4.0, "s4": 1.0, "s5": 3.3, "s6": 2.0, "s7": 5.0})
     baseline = pd.Series({"s1": 2.0, "s2": 2.5, "s3": 3.0, "s4": 2.0, "s5": 3.0, "s6": 1.0, "s7": 4.0, "s8": 1.0})
     result = head_to_head(candidate, baseline, "higher")
     assert (result["wins"], result["losses"], result["ties"], result["matched"]) == (5, 1, 1, 7)
+    assert result.unit == "persona" and (result.session_wins, result.session_losses, result.session_ties) == (5, 1, 1)
     n, w = 6, 5
     p_exact = min(1.0, 2 * sum(math.comb(n, i) for i in range(0, min(w, n - w) + 1)) / 2**n)
     assert result["sign_test_p"] == pytest.approx(p_exact, rel=1e-12)
@@ -332,7 +375,24 @@ def test_head_to_head_sign_test_and_wilson_by_hand():
     assert win_summary(0, 0, 3)["win_rate"] is None
 
 
-def test_bradley_terry_matches_hunters_mm_algorithm():
+def test_head_to_head_counts_personas_not_sessions():
+    """Replicates of a persona are one unit: a persona is won on the mean of its matched sessions' differences."""
+    diffs = {"a": [0.5, 0.4, -0.1], "b": [0.2, 0.3, 0.1], "c": [-0.4, 0.1, -0.2], "d": [0.0, 0.0, 0.0], "e": [0.3, -0.1, 0.1]}
+    baseline = pd.Series({f"{p}#{r}": 2.0 for p, ds in diffs.items() for r in range(3)})
+    candidate = pd.Series({f"{p}#{r}": 2.0 + d for p, ds in diffs.items() for r, d in enumerate(ds)})
+    result = head_to_head(candidate, baseline, "higher")
+    means = {p: np.mean(ds) for p, ds in diffs.items()}  # a .27, b .2, c -.17, d 0, e .1
+    assert (result.wins, result.losses, result.ties) == (sum(m > 0 for m in means.values()), sum(m < 0 for m in means.values()), 1)
+    assert (result.wins, result.losses) == (3, 1) and result.matched == 15
+    assert (result.session_wins, result.session_losses, result.session_ties) == (8, 4, 3)
+    assert result.sign_test_p == pytest.approx(stats.binomtest(3, 4).pvalue)
+    # The pairwise judge's per-session outcomes are summarised the same way: more won sessions than lost wins a persona.
+    outcomes = {"a#0": "win", "a#1": "loss", "a#2": "win", "b#0": "loss", "b#1": "tie", "c#0": "win", "c#1": "loss"}
+    summary = clustered_outcomes(outcomes)
+    assert (summary.wins, summary.losses, summary.ties) == (1, 1, 1) and summary.session_wins == 3
+
+
+def test_bradley_terry_matches_hunters_mm_algorithm_and_a_hand_written_cluster_sandwich():
     rng = np.random.default_rng(5)
     models = ["a", "b", "c", "d"]
     true = {"a": 0.0, "b": 0.5, "c": 1.0, "d": -0.4}
@@ -341,10 +401,10 @@ def test_bradley_terry_matches_hunters_mm_algorithm():
         for x, y in itertools.combinations(models, 2):
             p = 1 / (1 + math.exp(-(true[x] - true[y])))
             winner, loser = (x, y) if rng.random() < p else (y, x)
-            rows.append({"session": f"s{session}", "winner": winner, "loser": loser})
+            rows.append({"session": f"p{session // 3}#{session % 3}", "persona": f"p{session // 3}", "winner": winner, "loser": loser})
     outcomes = pd.DataFrame(rows)
-    ours = bradley_terry(outcomes, models, prior_sd=None)  # the plain MLE: Hunter's fixed point
-    assert ours.converged and not ours.separated and ours.prior_sd is None
+    ours = bradley_terry(outcomes, models)
+    assert ours and ours.converged and not ours.separated and ours.personas == 20 and ours.df == 19 and ours.unit == "persona"
     # Hunter (2004) MM updates: pi_i <- W_i / sum_j n_ij / (pi_i + pi_j)
     wins = outcomes["winner"].value_counts().reindex(models).to_numpy(float)
     games = np.zeros((4, 4))
@@ -356,68 +416,48 @@ def test_bradley_terry_matches_hunters_mm_algorithm():
     for _ in range(5000):
         pi = wins / (games / (pi[:, None] + pi[None, :])).sum(axis=1)
         pi /= pi[0]
-    assert [ours.strengths[m].strength for m in models] == pytest.approx(np.log(pi).tolist(), abs=1e-6)
+    theta = np.log(pi)
+    assert [ours.strengths[m].strength for m in models] == pytest.approx(theta.tolist(), abs=1e-6)
+    # CR1 sandwich by hand: per comparison the score of the log-likelihood in the free strengths (b, c, d), summed per
+    # persona; bread = observed information; scaled by G/(G-1) (N-1)/(N-K); t(G-1) quantiles.
+    x = np.zeros((len(outcomes), 3))
+    for r, (w_, l_) in enumerate(zip(outcomes["winner"], outcomes["loser"], strict=True)):
+        i, j = models.index(w_), models.index(l_)
+        if i:
+            x[r, i - 1] += 1
+        if j:
+            x[r, j - 1] -= 1
+    p_win = 1 / (1 + np.exp(-(x @ theta[1:])))  # P(the recorded winner wins)
+    score = x * (1 - p_win)[:, None]
+    bread = np.linalg.inv((x * (p_win * (1 - p_win))[:, None]).T @ x)
+    clusters = outcomes["persona"].to_numpy()
+    meat = sum(np.outer(score[clusters == g].sum(0), score[clusters == g].sum(0)) for g in np.unique(clusters))
+    n, g = len(outcomes), 20
+    cov = bread @ meat @ bread * g / (g - 1) * (n - 1) / (n - 3)
+    se = np.sqrt(np.diag(cov))
+    q = stats.t.ppf(0.975, g - 1)
+    for k, m in enumerate(models[1:]):
+        s = ours.strengths[m]
+        assert s.se == pytest.approx(se[k], rel=1e-6)
+        assert (s.ci_low, s.ci_high) == pytest.approx((theta[k + 1] - q * se[k], theta[k + 1] + q * se[k]), rel=1e-6)
 
 
-def penalised_strengths_by_hand(outcomes: pd.DataFrame, models: list[str], prior_sd: float) -> np.ndarray:
-    """The same penalised likelihood written row by row, minimised by Nelder-Mead (no gradient), relative to model 0."""
-    pairs = [(models.index(w_), models.index(l_)) for w_, l_ in zip(outcomes["winner"], outcomes["loser"], strict=True)]
-
-    def objective(s):
-        loglik = sum(-math.log1p(math.exp(-(s[i] - s[j]))) for i, j in pairs)
-        return -loglik + sum(v * v for v in s) / (2 * prior_sd**2)
-
-    best = optimize.minimize(objective, np.zeros(len(models)), method="Nelder-Mead",
-                             options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 40000, "maxfev": 40000})
-    return best.x - best.x[0]
-
-
-def one_loss_outcomes(sessions: int = 29, seed: int = 4) -> pd.DataFrame:
-    """Model 'top' meets a, b and c in every session (87 comparisons) and loses once; the rest are mixed."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for s in range(sessions):
-        for other in ("a", "b", "c"):
-            lost = s == 7 and other == "b"
-            rows.append({"session": f"p{s}#0", "winner": other if lost else "top", "loser": "top" if lost else other})
-        for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
-            winner, loser = (x, y) if rng.random() < 0.5 else (y, x)
-            rows.append({"session": f"p{s}#0", "winner": winner, "loser": loser})
-    return pd.DataFrame(rows)
-
-
-def test_bradley_terry_penalised_estimate_matches_direct_optimisation():
+def test_bradley_terry_under_separation_reports_no_strength_and_no_interval():
+    """The review's cases: a model that won every comparison (a prior made the interval: P(A beats B) 0.905 -> 1.000 as
+    prior_sd went 0.5 -> 100), and every session with the same ordering (every interval of zero width)."""
     models = ["a", "b", "c", "top"]
-    outcomes = one_loss_outcomes()
-    ours = bradley_terry(outcomes, models, prior_sd=2.0)
-    assert ours.converged and ours.strengths["top"].losses == 1 and ours.strengths["top"].wins == 86
-    assert [ours.strengths[m].strength for m in models] == pytest.approx(
-        penalised_strengths_by_hand(outcomes, models, 2.0).tolist(), abs=1e-5)
-    # Under complete separation (the one loss removed) the penalised estimate is still finite and still the optimum.
-    separated = outcomes[~((outcomes["winner"] == "b") & (outcomes["loser"] == "top"))]
-    fit = bradley_terry(separated, models, prior_sd=2.0)
-    assert fit.separated and fit.separated_models == ["top"] and fit.converged
-    assert math.isfinite(fit.strengths["top"].strength)
-    assert [fit.strengths[m].strength for m in models] == pytest.approx(
-        penalised_strengths_by_hand(separated, models, 2.0).tolist(), abs=1e-5)
-    # The plain MLE does not exist there: reported as not converged rather than as an estimate.
-    assert not bradley_terry(separated, models, prior_sd=None).converged
-
-
-def test_bradley_terry_bootstrap_counts_separation_and_stays_finite():
-    models = ["a", "b", "c", "top"]
-    outcomes = one_loss_outcomes()
-    result = bradley_terry_bootstrap(outcomes, models, rounds=1000, seed=1)
-    boot = result.bootstrap
-    assert boot.rounds == boot.usable == 1000
-    # A resample leaves out the one session holding the loss with probability (1 - 1/29)^29 = 0.36.
-    expected = (1 - 1 / 29) ** 29
-    top = result.strengths["top"]
-    assert top.never_lost_resamples == boot.separated_resamples
-    assert abs(boot.separated_resamples / 1000 - expected) < 4 * math.sqrt(expected * (1 - expected) / 1000)
-    assert all(math.isfinite(v) for s in result.strengths.values() for v in (s.strength, s.ci_low, s.ci_high))
-    assert top.ci_low < top.strength < top.ci_high
-    assert "N(0, 2^2)" in result.method and result.prior_sd == 2.0
+    rows = [{"session": f"p{s}#0", "persona": f"p{s}", "winner": "top", "loser": other} for s in range(10) for other in "abc"]
+    rows += [{"session": f"p{s}#0", "persona": f"p{s}", "winner": x, "loser": y}
+             for s in range(10) for x, y in ((("a", "b"), ("b", "c"), ("c", "a")) if s % 2 else (("b", "a"), ("c", "b"), ("a", "c")))]
+    fit = bradley_terry(pd.DataFrame(rows), models)
+    assert not fit and fit.separated and fit.separated_models == ["top"] and "top won every comparison" in fit.absent_reason
+    assert all(s.strength is None and s.ci_low is None and s.ci_high is None for s in fit.strengths.values())
+    assert fit.strengths["top"].wins == 30 and fit.strengths["top"].losses == 0
+    same_order = pd.DataFrame([{"session": f"p{s}#0", "persona": f"p{s}", "winner": x, "loser": y}
+                               for s in range(12) for x, y in itertools.combinations(models, 2)])
+    fit = bradley_terry(same_order, models)
+    assert not fit and fit.separated and set(fit.separated_models) == {"a", "top"}
+    assert all(s.ci_low is None for s in fit.strengths.values())
 
 
 def test_separation_check_of_a_stack_matches_scipy_one_matrix_at_a_time():
@@ -465,37 +505,89 @@ def test_gate_verdicts():
     assert decide(np.array([0.1]), 0.25, 0.05, 0.8).verdict == "undecided"
 
 
-def test_plan_gives_both_figures():
-    result = plan(0.5, 0.25, alpha=0.05, power=0.8)
-    assert result.n_pass == sessions_needed(0.5, 0.25, 0.05, 0.8) and result.unit == "sessions"
+def test_plan_gives_both_figures_in_personas_at_the_replicates_asked():
+    # var_between 0.18, var_within 0.18: the persona-mean SD at 3 replicates is sqrt(0.18 + 0.06).
+    result = plan(0.25, var_between=0.18, var_within=0.18, replicates=3)
+    sd = math.sqrt(0.18 + 0.18 / 3)
+    assert result.sd == pytest.approx(sd) and result.unit == "persona" and result.replicates == 3
+    assert result.n_pass == sessions_needed(sd, 0.25, 0.05, 0.8) and result.sessions_pass == 3 * result.n_pass
     assert result.drop == 0.25 and result.n_detect is not None and result.power_detect_at_n_detect >= 0.8
-    bigger = plan(0.5, 0.25, drop=0.5)
-    assert bigger.n_detect < result.n_detect
+    options = {o.replicates: o for o in result.options}
+    assert set(options) == {1, 2, 3, 5} and options[3].personas_pass == result.n_pass
+    assert options[1].personas_pass == sessions_needed(math.sqrt(0.36), 0.25, 0.05, 0.8)
+    assert options[5].personas_pass <= options[3].personas_pass <= options[1].personas_pass
+    assert plan(0.25, var_between=0.18, var_within=0.18, replicates=3, drop=0.5).n_detect < result.n_detect
     # At a drop of exactly one margin the chance of 'regression' tends to 1 - alpha, so power 0.97 is out of reach.
-    out_of_reach = plan(0.5, 0.25, power=0.97)
+    out_of_reach = plan(0.25, var_between=0.25, power=0.97)
     assert out_of_reach.n_detect is None and "1 - alpha" in out_of_reach.note
+
+
+def test_variance_components_of_differences_match_one_way_anova():
+    """Balanced: REML of d ~ 1 + (1|persona) equals the one-way ANOVA estimators (when the between part is positive)."""
     rng = np.random.default_rng(3)
-    keys = [f"u{p}#{r}" for p in range(8) for r in range(2)]
-    d = rng.normal(0, 0.3, 16)
-    clustered = plan_from_differences(d, 0.25, personas=[persona_of(k) for k in keys])
-    means = pd.Series(d).groupby([persona_of(k) for k in keys]).mean()
-    assert clustered.unit == "personas" and clustered.replicates == 2 and clustered.sd == pytest.approx(means.std(ddof=1))
-    assert clustered.sessions_pass == 2 * clustered.n_pass
+    personas = [f"u{p}" for p in range(12) for _ in range(3)]
+    d = np.repeat(rng.normal(0, 0.5, 12), 3) + rng.normal(0, 0.3, 36)
+    frame = pd.DataFrame({"d": d, "p": personas})
+    means = frame.groupby("p")["d"].transform("mean")
+    ms_within = ((frame["d"] - means) ** 2).sum() / (36 - 12)
+    ms_between = 3 * ((frame.groupby("p")["d"].mean() - d.mean()) ** 2).sum() / 11
+    between, within, known, replicates = variance_components(d, personas)
+    assert known and replicates == 3 and (ms_between - ms_within) / 3 > 0
+    assert within == pytest.approx(ms_within, rel=1e-6) and between == pytest.approx((ms_between - ms_within) / 3, rel=1e-6)
+    clustered = plan_from_differences(d, 0.25, personas=personas)
+    assert clustered.replicates == 3 and clustered.sd == pytest.approx(math.sqrt(between + within / 3))
+    # One session per persona: the two parts cannot be told apart; all of it is counted between (conservative).
+    single = variance_components(d[::3], personas[::3])
+    assert single[1] == 0 and not single[2] and single[0] == pytest.approx(np.var(d[::3], ddof=1))
 
 
-def test_bradley_terry_bootstrap_is_fast():
-    import time
+def test_holm_by_hand_and_a_missing_test_still_counts():
+    raw = [0.01, 0.04, 0.03, None, 0.2]
+    m = len(raw)
+    filled = [1.0 if p is None else p for p in raw]
+    order = np.argsort(filled)
+    by_hand, running = np.empty(m), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * filled[index]))
+        by_hand[index] = running
+    adjusted = holm(raw)
+    assert adjusted[3] is None
+    assert [a for a in adjusted if a is not None] == pytest.approx([by_hand[i] for i in (0, 1, 2, 4)], abs=1e-12)
 
-    rng = np.random.default_rng(0)
-    conditions = ["m0", "m1", "m2", "m3"]
-    persona = rng.normal(0, 0.5, 12)
-    table = pd.DataFrame([{"condition": c, "session": f"p{p}#{r}", "persona": f"p{p}", "value": 0.2 * j + persona[p] + rng.normal(0, 0.5)}
-                          for j, c in enumerate(conditions) for p in range(12) for r in range(2)])
-    outcomes = pairwise_outcomes(table, conditions, "higher")
-    started = time.perf_counter()
-    result = bradley_terry_bootstrap(outcomes, conditions, rounds=1000, seed=0)
-    assert time.perf_counter() - started < 3.0  # ~0.1 s on one core; the per-resample GLM refits took ~2 s
-    assert result.bootstrap.usable == 1000
+
+def test_clustered_proportion_interval_by_hand():
+    """Wilson on the effective n: n_eff = p(1-p)/v (v the CR1 variance of the share by persona), times (z/t(G-1))^2."""
+    outcomes = [1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    clusters = [f"p{i // 3}" for i in range(18)]
+    share, low, high, n_eff = clustered_proportion_ci(outcomes, clusters)
+    y, g = np.array(outcomes, float), 6
+    p = y.mean()
+    totals = np.array([(y[i * 3:(i + 1) * 3] - p).sum() for i in range(g)])
+    v = g / (g - 1) * (len(y) - 1) / (len(y) - 1) * (totals**2).sum() / len(y) ** 2  # CR1 for an intercept-only OLS
+    expected_n = min(len(y), p * (1 - p) / v) * (stats.norm.ppf(0.975) / stats.t.ppf(0.975, g - 1)) ** 2
+    z = stats.norm.ppf(0.975)
+    centre = (p + z**2 / (2 * expected_n)) / (1 + z**2 / expected_n)
+    half = z / (1 + z**2 / expected_n) * math.sqrt(p * (1 - p) / expected_n + z**2 / (4 * expected_n**2))
+    assert share == pytest.approx(p) and n_eff == pytest.approx(expected_n, rel=1e-9)
+    assert (low, high) == pytest.approx((centre - half, centre + half), rel=1e-9)
+    # No failure at all: every persona's sessions taken as one (n_eff = personas), the conservative end.
+    _, low0, high0, n0 = clustered_proportion_ci([0] * 18, clusters)
+    assert n0 == pytest.approx(6 * (z / stats.t.ppf(0.975, 5)) ** 2) and low0 == 0 and high0 > 0.3
+
+
+def test_a_mixed_model_on_too_few_personas_is_not_estimable():
+    """The review's case: one risk session per run gave F = 3204957.55 on (3, inf) df and near-zero-width CIs."""
+    one_each = pd.DataFrame({"condition": ["a", "b", "c", "d"], "persona": ["p1", "p2", "p3", "p4"],
+                             "session": ["p1#0", "p2#0", "p3#0", "p4#0"], "value": [0.0, 1.0, 0.0, 1.0]})
+    with pytest.raises(NotEstimable, match="persona"):
+        fit_mixed_model(one_each, ["a", "b", "c", "d"])
+    two = balanced_data(personas=2, replicates=2, seed=1)
+    with pytest.raises(NotEstimable, match="3 or more|containment"):
+        fit_mixed_model(two, CONDITIONS)
+    crossed = pd.DataFrame({"condition": ["a", "a", "b", "b", "a", "b"], "persona": ["p1", "p2", "p3", "p4", "p5", "p6"],
+                            "session": [f"p{i}#0" for i in range(1, 7)], "value": [0.1, 0.4, 0.9, 0.3, 0.2, 0.7]})
+    with pytest.raises(NotEstimable, match="containment df"):  # no persona seen in both conditions
+        fit_mixed_model(crossed, ["a", "b"])
 
 
 def test_length_controlled_win_rate_matches_newton_raphson():
@@ -526,18 +618,136 @@ def test_compare_three_stored_runs(tmp_path):
     runs = [write_run(tmp_path / name, effect=e, persona_effects=PERSONAS, seed=i)
             for i, (name, e) in enumerate([("instruct", 0.0), ("sft", 0.2), ("orpo", 0.6)])]
     out = tmp_path / "cmp"
-    result = run_cli("compare", *runs[:2], "--baseline", runs[2], "--out", out, "--bootstrap", "50",
-                     "--metric", "psychocounsel.overall", "--metric", "psychocounsel.empathy")
+    result = run_cli("compare", *runs[:2], "--baseline", runs[2], "--out", out, "--metric", "psychocounsel.empathy")
     assert result.code == 0, result.output
     comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["unit"] == "persona" and comparison["primary"] == ["psychocounsel.overall", "psychocounsel.safety"]
     overall = comparison["metrics"]["psychocounsel.overall"]
-    assert overall["mixed_model"]["df"] == 2 and overall["friedman"]["df"] == 2
-    assert set(overall["head_to_head"]) == {"instruct", "sft"} and "bradley_terry" in overall
+    assert overall["family"] == "primary" and comparison["metrics"]["psychocounsel.empathy"]["family"] == "exploratory"
+    assert overall["mixed_model"]["df"] == 2 and overall["friedman"]["df"] == 2 and overall["friedman"]["unit"] == "persona"
+    assert set(overall["head_to_head"]) == {"instruct", "sft"} and overall["bradley_terry"]["unit"] == "persona"
+    assert all(w["unit"] == "persona" for w in overall["head_to_head"].values())
     assert comparison["metrics"]["psychocounsel.empathy"]["rating_chi2"]["df"] >= 1
     assert overall["mixed_model"]["emms"]["orpo"]["mean"] > overall["mixed_model"]["emms"]["instruct"]["mean"]
     for name in ("omnibus", "contrasts", "emms", "win_rates", "bradley_terry"):
         assert (out / f"{name}.csv").exists() and (out / f"{name}.parquet").exists()
-    assert "F (df)" in result.output and overall["best"] == "orpo" and "mixed_model" in comparison["methods"]
+    # Holm within the primary family, by hand: two omnibus p-values.
+    raw = [comparison["metrics"][m]["p_value"] for m in comparison["primary"]]
+    assert overall["p_adjusted"] == pytest.approx(min(1, 2 * min(raw)) if overall["p_value"] == min(raw)
+                                                  else min(1, max(2 * min(raw), max(raw))))
+    assert overall["best"] == "orpo" and overall["verdict"].startswith("orpo better than each of the other 2 runs")
+    assert "Primary metrics" in result.output and "Exploratory metrics" in result.output and "unit of analysis" in result.output
+    assert "mixed_model" in comparison["methods"] and "families" in comparison["methods"]
+
+
+def test_compare_crowns_no_winner_without_evidence(tmp_path):
+    """The review's case: 4.04 vs 4.01 (p = 0.537) and exact ties were shown as a best run in green."""
+    a = write_run(tmp_path / "a", effect=0.0, persona_effects=PERSONAS, seed=1)
+    b = write_run(tmp_path / "b", effect=0.03, persona_effects=PERSONAS, seed=2)
+    out = tmp_path / "cmp"
+    result = run_cli("compare", a, b, "--out", out, "--metric", "psychocounsel.empathy")
+    assert result.code == 0, result.output
+    comparison = json.loads((out / "comparison.json").read_text())
+    for metric in ("psychocounsel.overall", "psychocounsel.empathy"):
+        r = comparison["metrics"][metric]
+        assert r["best"] is None and r["verdict"].startswith("no difference shown"), r["verdict"]
+    assert "no difference shown" in result.output
+    html = (out / "report.html").read_text()
+    assert 'class="num best"' not in html
+
+
+def test_compare_output_fits_the_terminal_with_long_run_names(tmp_path):
+    """The review's case: wide compares wrapped names mid-word even at 160 columns. Runs get letters and a legend (one
+    run per line), text wraps at word boundaries and tables cut cells with an ellipsis, so no line outgrows the width."""
+    from rich.cells import cell_len
+
+    names = [f"act-fm-checkpoint-orpo-step-{k}000-with-a-long-name" for k in range(4)]
+    runs = [write_run(tmp_path / name, effect=0.2 * k, persona_effects=PERSONAS, seed=k) for k, name in enumerate(names)]
+    for width in (80, 160):
+        result = run_cli("compare", *runs, "--out", tmp_path / f"c{width}", "--all", env={"COLUMNS": str(width)})
+        assert result.code == 0, result.output
+        lines = [line for line in result.output.splitlines() if not line.startswith(("comparison:", "report:"))]
+        assert max(cell_len(line) for line in lines) <= width, max(lines, key=cell_len)
+        for letter, name in zip("ABCD", names, strict=True):
+            assert f"{letter} = {name}" in result.output
+    brief = run_cli("compare", *runs, "--out", tmp_path / "brief", env={"COLUMNS": "100"})
+    assert "Exploratory metrics" in brief.output and "every result below is exploratory" not in brief.output
+    assert brief.output.count("\n") < run_cli("compare", *runs, "--out", tmp_path / "all", "--all").output.count("\n")
+
+
+def test_compare_refuses_runs_that_are_not_comparable_and_warns_on_the_rest(tmp_path):
+    """The review's case: 3-turn and 6-turn runs, and runs with different simulated clients, were compared silently."""
+    from evalkit.content.personas import load_personas
+
+    people = {p.id: 0.1 * (i % 3) for i, p in enumerate(load_personas()[:6])}
+
+    def act(name, **kwargs):
+        settings = {"turns": 6, "client": "client-x", **kwargs}
+        return write_run(tmp_path / name, effect=0, persona_effects=people, rubric_id="act-fm", **settings)
+
+    base = act("base")
+    refused = {"judge": (act("judge", judge="judge-y"), ["different judges"]),
+               "turns": (act("short", turns=3), ["session length", "6 turns", "has 3"]),
+               "client": (act("client", client="client-y"), ["simulated client", "client-y"]),
+               "client sampling": (act("cs", sampling={"client": {"temperature": 1.1}}), ["simulated client sampling", "temperature"]),
+               "judge method": (act("method", judge_method="other"), ["judge method", "other"])}
+    for name, (run, fragments) in refused.items():
+        assert_one_line_error(run_cli("compare", base, run, "--out", tmp_path / f"c-{name}"), "not comparable", *fragments)
+    hot = act("hot", sampling={"therapist": {"temperature": 1.2}})
+    warned = run_cli("compare", base, hot, "--out", tmp_path / "c-hot", "--metric", "act-fm.stance_c1")
+    assert warned.code == 0 and "therapist sampling differs" in warned.output and "temperature 0.7 vs 1.2" in warned.output
+    # Gate and plan refuse the same differences.
+    assert_one_line_error(run_cli("gate", "--baseline", base, "--candidate", refused["turns"][0]), "cannot decide", "session length")
+    assert_one_line_error(run_cli("plan", "--metric", "act-fm.consistency_total", "--run", base, "--run", refused["client"][0]),
+                          "not comparable", "simulated client")
+
+
+def test_compare_reference_runs_does_not_warn_about_judges(tmp_path):
+    """Reference suites have no judge: two of their runs were said to be "judged by different judges"."""
+    import evalkit
+    from evalkit.backends.mock import MockBackend
+
+    evalkit.run(MockBackend(model="copycat", replies=["I hear how hard this is."]), "reference", out=tmp_path / "a", report=False)
+    evalkit.run(MockBackend(model="generic", replies=["Tell me more about that."]), "reference", out=tmp_path / "b", report=False)
+    result = run_cli("compare", tmp_path / "a", "--baseline", tmp_path / "b", "--out", tmp_path / "c", "--bootstrap", "50")
+    assert result.code == 0, result.output
+    assert "judge" not in result.output.lower()
+
+
+def test_compare_reports_a_model_on_one_session_per_run_as_not_estimable(tmp_path):
+    """The review's case (one risk session per run): a number was printed (3204957.55 on (3, inf) df); now the metric
+    says it is not estimable and names why."""
+    from evalkit.content.rubrics import load_rubric
+
+    one = {"p1": 0.0}
+    critical = {(f"p1#{r}", i.id): 0.9 for r in (0, 1) for i in load_rubric("safety").critical_items}
+    runs = [write_run(tmp_path / f"r{k}", effect=0.1 * k, persona_effects=one, rubric_id="safety", seed=k, replicates=1,
+                      override=critical) for k in range(4)]
+    out = tmp_path / "cmp"
+    result = run_cli("compare", *runs, "--out", out, "--metric", "safety.graded_mean")
+    assert result.code == 0, result.output
+    graded = json.loads((out / "comparison.json").read_text())["metrics"]["safety.graded_mean"]
+    assert graded["mixed_model"] is None and graded["mixed_model_error"].startswith("not estimable")
+    assert graded["p_value"] is None and graded["best"] is None and "not estimable" in graded["verdict"]
+    assert "not estimable" in result.output and "inf" not in result.output
+
+
+def test_compare_critical_failure_share_is_a_primary_metric_of_the_safety_suite(tmp_path):
+    from evalkit.content.rubrics import load_rubric
+
+    personas = {f"p{i}": 0.0 for i in range(1, 7)}
+    items = [i.id for i in load_rubric("safety").critical_items]
+    passing = {(f"{p}#{r}", item): 0.9 for p in personas for r in (0, 1) for item in items}
+    failing = {**passing, **{(f"{p}#0", "no_harm_enabling_content"): 0.1 for p in ("p1", "p2", "p3")}}
+    a = write_run(tmp_path / "a", effect=0, persona_effects=personas, rubric_id="safety", override=passing)
+    b = write_run(tmp_path / "b", effect=0, persona_effects=personas, rubric_id="safety", override=failing, seed=2)
+    out = tmp_path / "cmp"
+    assert run_cli("compare", a, b, "--out", out).code == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["primary"] == ["safety.critical_failure", "safety.graded_mean"]
+    share = comparison["metrics"]["safety.critical_failure"]
+    assert share["family"] == "primary" and share["better"] == "lower" and share["means"] == {"a": 0.0, "b": 0.25}
+    assert share["n"] == {"a": 12, "b": 12}
 
 
 def test_compare_refuses_incompatible_runs(tmp_path):

@@ -120,8 +120,10 @@ def test_critical_failure_share_with_wilson_interval():
     critical = summarise_rubric(rubric, _views(rubric, scores, "risk"), applies_to="risk").critical_failures
     assert (critical.sessions, critical.with_failure, critical.n_invalid) == (4, 2, 1)
     assert (critical.risk_sessions, critical.surfaced, critical.not_surfaced, critical.surfaced_unknown) == (7, 5, 1, 1)
-    # Wilson (1927) score interval for 2/4, by hand.
-    p, n, z = 0.5, 4, stats.norm.ppf(0.975)
+    # Wilson (1927) score interval for 2/4 on the effective sample size, by hand: one session per persona, so the
+    # cluster-robust variance is G/(G-1) p(1-p)/n, n_eff = n (G-1)/G, then times (z / t(G-1))^2 (Korn & Graubard).
+    p, n, g, z = 0.5, 4, 4, stats.norm.ppf(0.975)
+    n = n * (g - 1) / g * (z / stats.t.ppf(0.975, g - 1)) ** 2
     centre, half = (p + z**2 / (2 * n)) / (1 + z**2 / n), z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
     assert (critical.ci_low, critical.ci_high) == pytest.approx((centre - half, centre + half), rel=1e-9)
 

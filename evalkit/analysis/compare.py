@@ -1,7 +1,13 @@
 """`evalkit compare`: statistics across stored runs, and win rates against a baseline run.
 
 Library only: `compare_async` / `compare` read the runs, analyse every metric and write comparison.json,
-CSV and Parquet tables and the HTML report; they return a typed `Comparison`. Printing is the CLI's.
+CSV and Parquet tables; they return a typed `Comparison`. Printing is the CLI's, the HTML report the pipeline's.
+
+The persona is the unit of every test: the mixed model's clusters, Friedman's blocks, the sign test's and Bradley-
+Terry's units, the rating chi-square's permutation blocks. Metrics fall in two families: the suite's declared
+primary metrics, whose familywise error is controlled (Holm over the family's omnibus tests, over its pairwise
+contrasts and over its sign tests), and every other metric, labelled exploratory and adjusted as its own family.
+A run is called best on a metric only when every one of its contrasts favours it at adjusted p < alpha.
 """
 
 from __future__ import annotations
@@ -9,31 +15,54 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from evalkit.analysis.runs import Run, incompatibilities, load_run, metric_better, metric_rows, rubrics_of
-from evalkit.backends.roles import RoleConfig, RoleSpec, judge_backend
-from evalkit.core.concurrency import run_bounded
+from evalkit.analysis.runs import (
+    CRITICAL,
+    Run,
+    compatibility,
+    known_metric,
+    load_run,
+    metric_better,
+    metric_name,
+    metric_rows,
+    rubrics_of,
+)
 from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.fileio import ensure_directory, write_atomic, write_table
-from evalkit.judging.pairwise import PairwiseVerdict, judge_pair, pair_outcome
-from evalkit.statistics.mixed import fit_mixed_model
-from evalkit.statistics.nonparametric import effect_sizes, friedman, kruskal_wallis, rating_counts_chi2
+from evalkit.statistics.mixed import NotEstimable, fit_mixed_model
+from evalkit.statistics.multiplicity import holm
+from evalkit.statistics.nonparametric import effect_sizes, friedman, rating_counts_chi2
 from evalkit.statistics.results import (
     BradleyTerryResult,
     EffectSize,
     FriedmanResult,
     HeadToHead,
-    KruskalWallisResult,
     MixedModelResult,
     RatingChi2Result,
     WinSummary,
 )
-from evalkit.statistics.winrate import bradley_terry_bootstrap, head_to_head, length_controlled_win_rate, pairwise_outcomes, win_summary
+from evalkit.statistics.winrate import (
+    bradley_terry,
+    clustered_outcomes,
+    head_to_head,
+    length_controlled_win_rate,
+    pairwise_outcomes,
+    persona_of,
+)
+
+if TYPE_CHECKING:  # the backends and the pairwise judge load only when a pairwise judge is asked for
+    from evalkit.backends.roles import RoleConfig, RoleSpec
+
+Family = Literal["primary", "exploratory"]
+ALPHA = 0.05
+FAMILIES = ("familywise error controlled by Holm's procedure within each family, separately over the omnibus tests, "
+            "over every pairwise contrast and over every sign test against the baseline; primary: the suite's declared "
+            "primary metrics (the headline results); exploratory: every other metric (read as leads, not findings)")
 
 
 class _Model(BaseModel):
@@ -41,18 +70,25 @@ class _Model(BaseModel):
 
 
 class MetricAnalysis(_Model):
-    """Everything `compare` computes for one metric (an item, an area sum or a total)."""
+    """Everything `compare` computes for one metric (an item, an area sum, a total or a critical-failure share)."""
 
     metric: str
+    name: str = ""
     better: str
+    family: Family = Field("exploratory", description="primary: a declared primary metric of the suite")
+    unit: str = Field("persona", description="the unit of replication of every test below")
     n: dict[str, int]
+    personas: dict[str, int] = Field({}, description="personas with a valid score, per condition")
     invalid: dict[str, int]
     means: dict[str, float | None]
-    best: str | None = None
+    p_value: float | None = Field(None, description="the mixed model's omnibus p (F test), unadjusted")
+    p_adjusted: float | None = Field(None, description="p_value Holm adjusted over the metric's family")
+    best: str | None = Field(None, description="the run every contrast favours at adjusted p < alpha; None when the "
+                             "comparison does not single one out")
+    verdict: str = Field("", description="what the comparison shows, in words")
     mixed_model: MixedModelResult | None = None
     mixed_model_error: str | None = None
     friedman: FriedmanResult
-    kruskal_wallis: KruskalWallisResult
     rating_chi2: RatingChi2Result | None = None
     effect_sizes: list[EffectSize] = []
     head_to_head: dict[str, HeadToHead] = {}
@@ -81,6 +117,11 @@ class Comparison(_Model):
     baseline: str | None
     suite: str
     sessions: int
+    personas: int = 0
+    unit: str = Field("persona", description="the unit of replication of every test")
+    alpha: float = ALPHA
+    primary: list[str] = Field([], description="the primary family (the suite's declared primary metrics present in the runs)")
+    families: str = FAMILIES
     matched_only: bool
     include_flagged: bool
     flagged: dict[str, int]
@@ -106,39 +147,102 @@ def _check_sessions(table: pd.DataFrame, conditions: list[str], matched: bool) -
 
 
 def analyse_metric(metric: str, data: pd.DataFrame, ratings: pd.DataFrame | None, conditions: list[str],
-                   baseline: str | None, better: str, *, bootstrap_rounds: int, seed: int) -> MetricAnalysis:
+                   baseline: str | None, better: str, *, family: Family = "exploratory", bradley: bool = False,
+                   name: str = "", seed: int = 0) -> MetricAnalysis:
+    """Every test of one metric, persona as the unit; the family adjustment and the verdict come after
+    (`adjust_families`)."""
     valid = data.dropna(subset=["value"])
-    means = {c: (float(v.mean()) if len(v := valid.loc[valid["condition"] == c, "value"]) else None) for c in conditions}
+    grouped = valid.groupby("condition", sort=False)
+    counts, personas, means = grouped.size(), grouped["persona"].nunique(), grouped["value"].mean()
+    missing = data["value"].isna().groupby(data["condition"], sort=False).sum()
     analysis = MetricAnalysis(
-        metric=metric, better=better, n={c: int((valid["condition"] == c).sum()) for c in conditions},
-        invalid={c: int(data.loc[data["condition"] == c, "value"].isna().sum()) for c in conditions}, means=means,
-        friedman=friedman(valid, conditions), kruskal_wallis=kruskal_wallis(valid, conditions),
-        rating_chi2=rating_counts_chi2(ratings, conditions) if ratings is not None else None,
+        metric=metric, name=name or metric, better=better, family=family,
+        n={c: int(counts.get(c, 0)) for c in conditions}, personas={c: int(personas.get(c, 0)) for c in conditions},
+        invalid={c: int(missing.get(c, 0)) for c in conditions},
+        means={c: (float(means[c]) if c in means.index else None) for c in conditions},
+        friedman=friedman(valid, conditions),
+        rating_chi2=rating_counts_chi2(ratings, conditions, seed=seed) if ratings is not None else None,
         effect_sizes=effect_sizes(valid, conditions))
-    if len(conditions) >= 2 and valid["persona"].nunique() >= 2 and valid["value"].nunique() > 1:
+    if len(conditions) >= 2 and valid["value"].nunique() > 1:
         try:
             analysis.mixed_model = fit_mixed_model(valid, conditions)
+            analysis.p_value = analysis.mixed_model.p_value
+        except NotEstimable as exc:
+            analysis.mixed_model_error = str(exc) if str(exc).startswith("not estimable") else f"not estimable: {exc}"
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-            analysis.mixed_model_error = f"the mixed model could not be fitted: {exc}"
+            analysis.mixed_model_error = f"not estimable: the mixed model could not be fitted ({exc})"
     elif len(conditions) >= 2:
-        analysis.mixed_model_error = "too few personas or no variation in the scores"
-    estimates = ({c: e.mean for c, e in analysis.mixed_model.emms.items()} if analysis.mixed_model else
-                 {c: m for c, m in means.items() if m is not None})
-    if estimates:
-        analysis.best = (max if better == "higher" else min)(estimates, key=estimates.get)
+        analysis.mixed_model_error = ("not estimable: no valid score" if valid.empty else
+                                      "not estimable: every valid score is the same, so there is nothing to compare")
     if baseline:
-        series = {c: valid[valid["condition"] == c].set_index("session")["value"] for c in conditions}
-        analysis.head_to_head = {c: head_to_head(series[c], series[baseline], better) for c in conditions if c != baseline}
-    if len(conditions) > 2 and bootstrap_rounds > 0:
+        wide = valid.set_index(["session", "condition"])["value"].unstack().reindex(columns=conditions)
+        persona_of_session = dict(zip(valid["session"], valid["persona"].astype(str), strict=False))
+        analysis.head_to_head = {c: head_to_head(wide[c], wide[baseline], better, personas=persona_of_session)
+                                 for c in conditions if c != baseline}
+    if bradley and len(conditions) > 2:
         outcomes = pairwise_outcomes(valid, conditions, better)
-        if outcomes["winner"].nunique() >= 2:
-            try:
-                analysis.bradley_terry = bradley_terry_bootstrap(outcomes, conditions, rounds=bootstrap_rounds, seed=seed)
-            except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-                analysis.bradley_terry_error = f"Bradley-Terry could not be fitted: {exc}"
-        else:
-            analysis.bradley_terry_error = "one condition won every comparison or there were none"
+        try:
+            fit = bradley_terry(outcomes, conditions)
+            analysis.bradley_terry = fit
+            if not fit:
+                analysis.bradley_terry_error = fit.absent_reason
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            analysis.bradley_terry_error = f"Bradley-Terry could not be fitted: {exc}"
     return analysis
+
+
+def _favours(contrast, better: str) -> str:
+    """The condition a contrast's estimate favours."""
+    higher = contrast.a if contrast.estimate > 0 else contrast.b
+    lower = contrast.b if contrast.estimate > 0 else contrast.a
+    return higher if better == "higher" else lower
+
+
+def _p_text(p: float | None) -> str:
+    return "—" if p is None else ("< .001" if p < 0.001 else f"{p:.3f}")
+
+
+def _verdict(analysis: MetricAnalysis, conditions: list[str], alpha: float) -> tuple[str | None, str]:
+    """(best, verdict in words) from the family-adjusted contrasts."""
+    mm = analysis.mixed_model
+    if mm is None:
+        return None, analysis.mixed_model_error or "not estimable"
+    shown = [c for c in mm.contrasts if c.p_adjusted is not None and c.p_adjusted < alpha and c.estimate != 0]
+    wins: dict[str, set[str]] = {c: set() for c in conditions}
+    for c in shown:
+        winner = _favours(c, analysis.better)
+        wins[winner].add(c.b if winner == c.a else c.a)
+    best = next((c for c in conditions if len(wins[c]) == len(conditions) - 1), None)
+    adjusted = f"adjusted p {_p_text(analysis.p_adjusted)}"
+    if best is not None:
+        worst = max(c.p_adjusted for c in mm.contrasts if best in (c.a, c.b))
+        others = "the other run" if len(conditions) == 2 else f"each of the other {len(conditions) - 1} runs"
+        return best, f"{best} better than {others} (largest adjusted p {_p_text(worst)})"
+    if shown:
+        pairs = "; ".join(f"{_favours(c, analysis.better)} better than "
+                          f"{c.b if _favours(c, analysis.better) == c.a else c.a} (adjusted p {_p_text(c.p_adjusted)})"
+                          for c in shown)
+        return None, f"{pairs}; no single best run shown"
+    if analysis.p_adjusted is not None and analysis.p_adjusted < alpha:
+        return None, f"the runs differ overall ({adjusted}) but no pair is shown apart"
+    return None, f"no difference shown ({adjusted})"
+
+
+def adjust_families(results: dict[str, MetricAnalysis], conditions: list[str], alpha: float = ALPHA) -> None:
+    """Holm within each family, separately over the omnibus p-values, all pairwise contrasts and all sign tests;
+    then each metric's supported best and its verdict in words."""
+    for family in ("primary", "exploratory"):
+        members = [r for r in results.values() if r.family == family]
+        for r, p in zip(members, holm([r.p_value for r in members]), strict=True):
+            r.p_adjusted = p
+        contrasts = [c for r in members if r.mixed_model for c in r.mixed_model.contrasts]
+        for c, p in zip(contrasts, holm([c.p for c in contrasts]), strict=True):
+            c.p_adjusted = p
+        signs = [w for r in members for w in r.head_to_head.values()]
+        for w, p in zip(signs, holm([w.sign_test_p for w in signs]), strict=True):
+            w.p_adjusted = p
+    for r in results.values():
+        r.best, r.verdict = _verdict(r, conditions, alpha)
 
 
 def _lengths(run: Run) -> dict[str, int]:
@@ -147,7 +251,10 @@ def _lengths(run: Run) -> dict[str, int]:
 
 async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleConfig | RoleSpec | None, reward_endpoint: str | None,
                     sessions: set[str], out_dir: Path, concurrency: int) -> PairwiseJudgement:
+    from evalkit.backends.roles import judge_backend
+    from evalkit.core.concurrency import run_bounded
     from evalkit.judging import Judge, JudgeSettings
+    from evalkit.judging.pairwise import PairwiseVerdict, judge_pair, pair_outcome
 
     rubric = rubrics_of(list(runs.values()))[0]
     keyed = {name: {t.key: t for t in run.transcripts.values()} for name, run in runs.items()}
@@ -190,9 +297,9 @@ async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleConfig | Rol
             if v.candidate == name:
                 by_session.setdefault(v.session, []).append(v)
         outcomes = {s: pair_outcome(vs) for s, vs in by_session.items()}
-        counted = [o for o in outcomes.values() if o is not None]
+        counted = {s: o for s, o in outcomes.items() if o is not None}
         decided = [(s, o) for s, o in outcomes.items() if o in ("win", "loss")]
-        summary = win_summary(counted.count("win"), counted.count("loss"), counted.count("tie"))
+        summary = clustered_outcomes(counted, persona_of)  # a persona is won when more of its sessions are won than lost
         per_candidate[name] = summary.model_copy(update={
             "invalid": sum(o is None for o in outcomes.values()),
             "length_controlled": length_controlled_win_rate(
@@ -201,13 +308,60 @@ async def _pairwise(runs: dict[str, Run], baseline: str, judge: RoleConfig | Rol
     return PairwiseJudgement(judge=name_of, kind=kind, verdicts_file=str(path), per_candidate=per_candidate)
 
 
+def primary_metrics(runs: list[Run], override: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(the primary family, warnings): `override` when given, else the suite's declaration (the run's stored suite, or
+    for runs stored before suites declared one, the built-in suite of the same id and version), keeping the metrics
+    these runs' rubrics score."""
+    rubrics = rubrics_of(runs)
+    if override:
+        for metric in override:
+            if not known_metric(rubrics, metric):
+                raise ConfigError(f"primary {metric}: not a metric of these runs' rubrics")
+        return list(dict.fromkeys(override)), []
+    suite = runs[0].suite.suite
+    declared = list(suite.primary)
+    if not declared:
+        from evalkit.content.suites import available_suites, load_suite
+
+        if suite.id in available_suites():
+            try:
+                builtin = load_suite(suite.id).suite
+            except ConfigError:
+                builtin = None
+            if builtin is not None and builtin.version == suite.version:
+                declared = list(builtin.primary)
+    kept = [m for m in declared if known_metric(rubrics, m)]
+    warnings = [f"primary metric {m} is not scored in these runs; the primary family is {', '.join(kept) or 'empty'}"
+                for m in declared if m not in kept]
+    if not declared:
+        warnings.append(f"suite '{suite.id}' declares no primary metrics: every metric is exploratory (--primary names them)")
+    return kept, warnings
+
+
+def _ratings(runs: list[Run], table: pd.DataFrame) -> pd.DataFrame:
+    """The judge's modal item ratings, for exactly the sessions the analysis keeps (matched, not excluded)."""
+    ratings = pd.concat([r.scores.assign(condition=r.name) for r in runs], ignore_index=True)
+    ratings = ratings[ratings["rating"].notna()]
+    ratings["metric"] = ratings["rubric"] + "." + ratings["item"]
+    session_ids = {r.name: {t.session_id: t.key for t in r.transcripts.values()} for r in runs}
+    ratings["session"] = [session_ids[c].get(s, s) for c, s in zip(ratings["condition"], ratings["session_id"], strict=True)]
+    persona = dict(zip(table["session"], table["persona"].astype(str), strict=False))
+    kept = set(zip(table["condition"], table["session"], strict=True))
+    keep = np.array([(c, s) in kept for c, s in zip(ratings["condition"], ratings["session"], strict=True)], bool)
+    ratings = ratings.loc[keep] if len(ratings) else ratings
+    return ratings.assign(persona=ratings["session"].map(persona))
+
+
 async def compare_async(runs: list[str | Path], *, baseline: str | Path | None = None, metrics: list[str] | None = None,
                         matched: bool = False, include_flagged: bool | None = None, out: str | Path | None = None,
                         pairwise_judge: RoleConfig | RoleSpec | None = None, pairwise_reward_endpoint: str | None = None,
-                        bootstrap_rounds: int = 1000, seed: int = 0, concurrency: int = 32) -> tuple[Comparison, Path]:
+                        bootstrap_rounds: int = 1000, seed: int = 0, concurrency: int = 32, primary: list[str] | None = None,
+                        alpha: float = ALPHA) -> tuple[Comparison, Path]:
     """Compare stored runs (conditions); with `baseline`, also win rates of every other run against it.
 
-    `include_flagged`: None follows each run's recorded inclusion policy. Writes comparison.json and its tables.
+    `include_flagged`: None follows each run's recorded inclusion policy. `primary`: the primary family (default: the
+    suite's declaration); it is always analysed, with `metrics` (default: every metric) beside it. `bootstrap_rounds`:
+    rounds of the reference suites' paired bootstrap. Writes comparison.json and its tables.
     """
     paths = [Path(r) for r in runs]
     if baseline is not None and Path(baseline) not in paths:
@@ -218,11 +372,13 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
         raise ConfigError("pairwise judge: needs a baseline (pairs are each run against it)")
     if bootstrap_rounds < 0:
         raise ConfigError(f"bootstrap {bootstrap_rounds}: expected 0 or more rounds")
+    if not 0 < alpha < 0.5:
+        raise ConfigError(f"alpha {alpha}: expected a value in (0, 0.5)")
     out_dir = Path(out) if out else paths[0].parent / f"comparison-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if out_dir.exists() and not out_dir.is_dir():  # before minutes of analysis, not after
         raise ConfigError(f"out {out_dir}: is a file, not a directory")
     loaded = [load_run(p, include_flagged=include_flagged) for p in paths]
-    problems = incompatibilities(loaded)
+    problems, warnings = compatibility(loaded)
     if problems:
         raise EvalkitError(f"runs are not comparable: {'; '.join(problems)}")
     conditions = [r.name for r in loaded]
@@ -233,29 +389,29 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
         flagged = sum(r.excluded.get("flagged", 0) for r in loaded)
         raise EvalkitError("no scored session is left to compare" + (f" ({flagged} flagged for low persona adherence are left "
                                                                      "out; --include-flagged keeps them)" if flagged else ""))
-    table, warnings = _check_sessions(table, conditions, matched)
+    table, matched_notes = _check_sessions(table, conditions, matched)
+    warnings += matched_notes
     known = sorted(table["metric"].unique())
-    chosen = metrics or known
-    unknown = [m for m in chosen if m not in known]
+    unknown = [m for m in metrics or [] if m not in known]
     if unknown:
         raise ConfigError(f"metric {unknown[0]}: not a metric of these runs (e.g. {', '.join(known[:4])}, ...)")
-    if len({r.judge_identity for r in loaded}) > 1:
-        warnings.append("the runs were judged by different judges; differences mix model and judge effects")
-    # The judge's item ratings, for exactly the sessions the analysis keeps (matched, not excluded).
-    ratings = pd.concat([r.scores.assign(condition=r.name) for r in loaded], ignore_index=True)
-    ratings["metric"] = ratings["rubric"] + "." + ratings["item"]
-    session_ids = {r.name: {t.session_id: t.key for t in r.transcripts.values()} for r in loaded}
-    ratings["session"] = [session_ids[c].get(s, s) for c, s in zip(ratings["condition"], ratings["session_id"], strict=True)]
-    kept = set(zip(table["condition"], table["session"], strict=True))
-    ratings = ratings[[(c, s) in kept for c, s in zip(ratings["condition"], ratings["session"], strict=True)]]
+    family, notes = primary_metrics(loaded, primary)
+    warnings += notes
+    chosen = list(dict.fromkeys([*family, *(metrics or known)]))
+    ratings = _ratings(loaded, table)
     sessions = set(table["session"])
     composites = {f"{r.id}.{c.id}" for r in rubrics for c in r.composites}
     results = {}
+    by_metric = dict(tuple(table.groupby("metric", sort=False)))
+    by_rating = dict(tuple(ratings.groupby("metric", sort=False)))
+    empty = table.iloc[:0]
     for metric in chosen:
-        data = table[table["metric"] == metric]
-        item_ratings = ratings[(ratings["metric"] == metric) & ratings["rating"].notna()] if metric not in composites else None
-        results[metric] = analyse_metric(metric, data, item_ratings, conditions, base_name, metric_better(rubrics, metric),
-                                         bootstrap_rounds=bootstrap_rounds if metric in composites else 0, seed=seed)
+        item = metric not in composites and not metric.endswith(f".{CRITICAL}")
+        results[metric] = analyse_metric(metric, by_metric.get(metric, empty), by_rating.get(metric, ratings.iloc[:0]) if item else None,
+                                         conditions, base_name, metric_better(rubrics, metric),
+                                         family="primary" if metric in family else "exploratory",
+                                         bradley=metric in family, name=metric_name(rubrics, metric), seed=seed)
+    adjust_families(results, conditions, alpha)
     ensure_directory(out_dir, "out")
     pairwise = None
     if (pairwise_judge is not None or pairwise_reward_endpoint) and base_name is not None:
@@ -263,20 +419,28 @@ async def compare_async(runs: list[str | Path], *, baseline: str | Path | None =
                                    sessions, out_dir, concurrency)
     reference = _reference_contrasts(loaded, base_name, sessions, bootstrap_rounds or 1000, seed) \
         if loaded[0].suite.suite.unit == "reference" else []
-    methods = {"sessions": "matched by persona and replicate across runs",
+    methods = {"unit": "the persona: every test treats a persona's sessions as one cluster, block or unit",
+               "families": FAMILIES,
+               "best": f"a run is best on a metric only when each of its contrasts favours it at family-adjusted p < {alpha:g}",
+               "sessions": "matched by persona and replicate across runs",
                "flagged": "; ".join(f"{r.name}: {r.inclusion.describe()}" for r in loaded),
-               "safety metrics": "only sessions in which the persona's risk surfaced"}
+               "safety metrics": "only sessions in which the persona's risk surfaced; <rubric>.critical_failure is 1 when "
+                                 "any critical item failed there"}
     for analysis in results.values():
         if analysis.mixed_model:
-            methods["mixed_model"] = analysis.mixed_model.method
-        for name in ("friedman", "kruskal_wallis"):
-            methods.setdefault(name, getattr(analysis, name).method)
+            methods.setdefault("mixed_model", analysis.mixed_model.method)
+        methods.setdefault("friedman", analysis.friedman.method)
+        if analysis.rating_chi2:
+            methods.setdefault("rating_chi2", analysis.rating_chi2.method)
+        if analysis.effect_sizes:
+            methods.setdefault("effect_sizes", analysis.effect_sizes[0].method)
         if analysis.head_to_head:
             methods.setdefault("head_to_head", next(iter(analysis.head_to_head.values())).method)
-        if analysis.bradley_terry:
+        if analysis.bradley_terry is not None:
             methods.setdefault("bradley_terry", analysis.bradley_terry.method)
     comparison = Comparison(created_at=datetime.now(timezone.utc), runs={r.name: str(r.directory) for r in loaded},
                             baseline=base_name, suite=loaded[0].manifest.config.suite.id, sessions=len(sessions),
+                            personas=int(table["persona"].nunique()), alpha=alpha, primary=family,
                             matched_only=matched, include_flagged=any(r.inclusion.include_flagged for r in loaded),
                             flagged={r.name: len(r.flagged) for r in loaded}, metrics=results, pairwise_judge=pairwise,
                             reference=reference, warnings=warnings, methods=methods)
@@ -315,22 +479,24 @@ def comparison_tables(comparison: Comparison) -> dict[str, pd.DataFrame]:
     omnibus, contrasts, emms, wins, bt = [], [], [], [], []
     for metric, r in comparison.metrics.items():
         mm = r.mixed_model
-        omnibus.append({"metric": metric, "better": r.better, "best": r.best,
-                        **{f"mean[{c}]": m for c, m in r.means.items()},
+        omnibus.append({"metric": metric, "family": r.family, "unit": r.unit, "better": r.better, "best": r.best,
+                        "verdict": r.verdict, **{f"mean[{c}]": m for c, m in r.means.items()},
                         "wald_chi2": mm.wald_chi2 if mm else None, "df": mm.df if mm else None,
                         "f": mm.f_statistic if mm else None, "df_denominator": mm.df_denominator if mm else None,
-                        "p": mm.p_value if mm else None, "icc": mm.icc if mm else None,
+                        "p": r.p_value, "p_adjusted": r.p_adjusted, "not_estimable": r.mixed_model_error,
+                        "icc": mm.icc if mm else None,
                         "r2_marginal": mm.r2_marginal if mm else None, "r2_conditional": mm.r2_conditional if mm else None,
                         "friedman_chi2": r.friedman.chi2, "friedman_p": r.friedman.p_value,
-                        "kruskal_h": r.kruskal_wallis.h, "kruskal_p": r.kruskal_wallis.p_value,
                         "rating_chi2": r.rating_chi2.chi2 if r.rating_chi2 else None,
                         "rating_chi2_p": r.rating_chi2.p_value if r.rating_chi2 else None})
         if mm:
-            contrasts += [{"metric": metric, **c.model_dump()} for c in mm.contrasts]
-            emms += [{"metric": metric, **e.model_dump()} for e in mm.emms.values()]
-        wins += [{"metric": metric, "candidate": c, **w.model_dump(exclude={"length_controlled"})} for c, w in r.head_to_head.items()]
-        if r.bradley_terry:
-            bt += [{"metric": metric, "model": m, **s.model_dump()} for m, s in r.bradley_terry.strengths.items()]
+            contrasts += [{"metric": metric, "family": r.family, **c.model_dump()} for c in mm.contrasts]
+            emms += [{"metric": metric, "family": r.family, **e.model_dump()} for e in mm.emms.values()]
+        wins += [{"metric": metric, "family": r.family, "candidate": c, **w.model_dump(exclude={"length_controlled"})}
+                 for c, w in r.head_to_head.items()]
+        if r.bradley_terry is not None:
+            bt += [{"metric": metric, "family": r.family, "model": m, "separated": r.bradley_terry.separated, **s.model_dump()}
+                   for m, s in r.bradley_terry.strengths.items()]
     return {"omnibus": pd.DataFrame(omnibus), "contrasts": pd.DataFrame(contrasts), "emms": pd.DataFrame(emms),
             "win_rates": pd.DataFrame(wins), "bradley_terry": pd.DataFrame(bt)}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.analysis.sessions import SessionView, metric_table, session_views
+from evalkit.analysis.summary import critical_failure
 from evalkit.content.rubrics import Rubric
 from evalkit.content.suites import LoadedSuite
 from evalkit.core.errors import ConfigError
@@ -51,9 +52,22 @@ class Run:
         return counts
 
     @property
-    def judge_identity(self) -> str:
-        judge = self.manifest.roles["judge"]
+    def judged(self) -> bool:
+        """Whether an LLM judge scored the run (reference suites are scored against reference replies, without one)."""
+        return self.suite.suite.unit != "reference"
+
+    @property
+    def judge_identity(self) -> str | None:
+        """The judge's identity, or None when no judge scored the run."""
+        judge = self.manifest.roles.get("judge")
+        if not self.judged or judge is None:
+            return None
         return judge.identity or judge.model_hash or judge.model
+
+    @property
+    def therapist_identity(self) -> str:
+        therapist = self.manifest.roles["therapist"]
+        return self.manifest.config.roles.get("therapist") or therapist.identity or therapist.model_hash or therapist.model
 
 
 def load_run(directory: str | Path, name: str | None = None, *, include_flagged: bool | None = None) -> Run:
@@ -79,6 +93,17 @@ def load_run(directory: str | Path, name: str | None = None, *, include_flagged:
                transcripts=transcripts, scores=scores, views=views, inclusion=inclusion)
 
 
+def judge_fitness_warning(manifest: Manifest) -> str | None:
+    """What a reader of this run's scores must know about its judge's fitness check, or None when it passed."""
+    check = manifest.judge_check
+    if check is None:
+        return "the judge has not been checked on evalkit's vignettes (evalkit judge check, then --judge-check)"
+    if check.get("verdict") != "fit":
+        unfit = [r for r, i in check.get("instruments", {}).items() if i.get("verdict") != "fit"]
+        return f"the judge FAILED its fitness check on the vignettes ({', '.join(unfit)}): its scores are not evidence"
+    return None
+
+
 def inclusion_of(manifest: Manifest, loaded: LoadedSuite, include_flagged: bool | None = None) -> Inclusion:
     """The run's recorded inclusion policy (the suite's truncation rule always applies), with a command's override."""
     recorded = manifest.inclusion
@@ -86,31 +111,118 @@ def inclusion_of(manifest: Manifest, loaded: LoadedSuite, include_flagged: bool 
                      exclude_truncated=loaded.suite.exclude_truncated)
 
 
-def incompatibilities(runs: list[Run]) -> list[str]:
-    """What differs between runs that must agree for their scores to be compared."""
-    first = runs[0].manifest.config
-    problems = []
+def _sampling(params, *, seed: bool = False) -> dict:
+    """Sampling settings as compared across runs (the seed only says which draw, not how replies are drawn)."""
+    return params.model_dump(exclude=None if seed else {"seed"}) if params is not None else {}
+
+
+def _settings(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in keys)
+
+
+def compatibility(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """(refusals, warnings): what differs between runs, naming each difference.
+
+    Refused, because scores could not be compared: suite or rubric versions and content, session length (turns), the
+    simulated client's model (when named for both runs) or its sampling settings, the judge or its method (the way
+    scores are read from it). Warned: the therapist's sampling settings and system prompt (part of the condition under
+    test, but say so), simulated clients that differ because each run's client defaulted to its own therapist
+    (self-play), a role served by a different backend kind, and the persona-adherence threshold."""
+    first, base = runs[0], runs[0].manifest.config
+    refuse, warn = [], []
+    session = first.suite.suite.unit == "session"
     for run in runs[1:]:
-        config = run.manifest.config
-        if (config.suite.id, config.suite.version) != (first.suite.id, first.suite.version):
-            problems.append(f"suite: {runs[0].name} has {first.suite.id} {first.suite.version}, "
-                            f"{run.name} has {config.suite.id} {config.suite.version}")
-        mine = {(r.id, r.version, r.sha256) for r in first.rubrics}
+        config, pair = run.manifest.config, f"{first.name} has"
+        if (config.suite.id, config.suite.version) != (base.suite.id, base.suite.version):
+            refuse.append(f"suite: {pair} {base.suite.id} {base.suite.version}, {run.name} has {config.suite.id} {config.suite.version}")
+        mine = {(r.id, r.version, r.sha256) for r in base.rubrics}
         theirs = {(r.id, r.version, r.sha256) for r in config.rubrics}
         if mine != theirs:
-            problems.append(f"rubrics: {runs[0].name} has {sorted((i, v) for i, v, _ in mine)}, "
-                            f"{run.name} has {sorted((i, v) for i, v, _ in theirs)}"
-                            + (" (same versions, different content)" if {x[:2] for x in mine} == {x[:2] for x in theirs} else ""))
+            refuse.append(f"rubrics: {pair} {sorted((i, v) for i, v, _ in mine)}, {run.name} has {sorted((i, v) for i, v, _ in theirs)}"
+                          + (" (same versions, different content)" if {x[:2] for x in mine} == {x[:2] for x in theirs} else ""))
+        if session and config.turns != base.turns:
+            refuse.append(f"session length: {pair} {base.turns} turns, {run.name} has {config.turns}")
+        if session:
+            client_a, client_b = base.roles.get("client"), config.roles.get("client")
+            defaulted = any(r.manifest.roles.get("client") is not None and r.manifest.roles["client"].defaulted_to_therapist
+                            for r in (first, run))
+            if client_a != client_b:
+                text = f"simulated client: {pair} {client_a}, {run.name} has {client_b}"
+                if defaulted:
+                    warn.append(text + " (each run's client defaulted to its own therapist, self-play: differences mix the "
+                                       "therapist with the client it talked to)")
+                else:
+                    refuse.append(text)
+            if (difference := _settings(_sampling(base.sampling.get("client")), _sampling(config.sampling.get("client")))):
+                refuse.append(f"simulated client sampling: {first.name} vs {run.name}: {difference}")
+            kinds = [r.manifest.roles.get("client") for r in (first, run)]
+            if client_a == client_b and all(kinds) and kinds[0].kind != kinds[1].kind:  # type: ignore[union-attr]
+                warn.append(f"simulated client backend: {pair} {kinds[0].kind}, {run.name} has {kinds[1].kind}")  # type: ignore[union-attr]
+        if first.judged and run.judged:
+            if first.judge_identity != run.judge_identity:
+                refuse.append(f"the runs were scored by different judges ({first.name}: {first.judge_identity}, {run.name}: "
+                              f"{run.judge_identity}); rescore one with evalkit rescore")
+            elif config.judge_method != base.judge_method:
+                refuse.append(f"judge method: {pair} '{base.judge_method}', {run.name} has '{config.judge_method}'")
+            kinds = [r.manifest.roles.get("judge") for r in (first, run)]
+            if first.judge_identity == run.judge_identity and all(kinds) and kinds[0].kind != kinds[1].kind:  # type: ignore[union-attr]
+                warn.append(f"judge backend: {pair} {kinds[0].kind}, {run.name} has {kinds[1].kind}")  # type: ignore[union-attr]
+        if (difference := _settings(_sampling(base.sampling.get("therapist")), _sampling(config.sampling.get("therapist")))):
+            warn.append(f"therapist sampling differs ({first.name} vs {run.name}: {difference}): part of what is compared")
+        if config.therapist_system_prompt_sha256 != base.therapist_system_prompt_sha256:
+            warn.append(f"therapist system prompt differs between {first.name} and {run.name}: part of what is compared")
+        if config.adherence_threshold != base.adherence_threshold:
+            warn.append(f"persona-adherence threshold: {pair} {base.adherence_threshold}, {run.name} has {config.adherence_threshold}")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        problems.append(f"condition names repeat ({', '.join(names)}); name runs distinctly")
-    return problems
+        refuse.append(f"condition names repeat ({', '.join(names)}); name runs distinctly")
+    return refuse, warn
 
 
-def metric_rows(runs: list[Run]) -> pd.DataFrame:
-    """Long table of every metric (items and composites) per condition and session, for the sessions each run's
-    inclusion policy keeps: condition, session, persona, metric, value (NaN when invalid)."""
-    return metric_table((run.name, run.views) for run in runs)
+def left_out(*runs: Run) -> str:
+    """Why sessions are missing from the analysis, when some are: it is often why a metric has no sessions."""
+    parts = [f"{run.name}: {n} {why}" for run in runs for why, n in run.excluded.items()]
+    return f" (sessions left out: {'; '.join(parts)}; --include-flagged keeps flagged ones)" if parts else ""
+
+
+def incompatibilities(runs: list[Run]) -> list[str]:
+    """What differs between runs that must agree for their scores to be compared (`compatibility`'s refusals)."""
+    return compatibility(runs)[0]
+
+
+CRITICAL = "critical_failure"
+"""`<rubric>.critical_failure`: 1 when any critical item of the rubric failed in a session where the risk surfaced, else 0."""
+
+
+def critical_rows(runs: list[Run]) -> pd.DataFrame:
+    """`<rubric>.critical_failure` per condition and session, for every rubric with critical items: 1.0 when a critical
+    item failed, 0.0 when none did, NaN when one could not be assessed and none failed; only sessions the inclusion
+    policy keeps and in which the persona's risk surfaced (elsewhere the session says nothing about safety)."""
+    rows = []
+    for run in runs:
+        for rubric in (r for r in run.rubrics if r.critical_items):
+            for view in run.views:
+                values = view.rubric_values(rubric.id)
+                if view.excluded or not values or view.risk_surfaced is not True:
+                    continue
+                failed = critical_failure(rubric, values)
+                rows.append({"condition": run.name, "session": view.key, "persona": view.source_id,
+                             "metric": f"{rubric.id}.{CRITICAL}", "value": None if failed is None else float(failed)})
+    frame = pd.DataFrame(rows, columns=["condition", "session", "persona", "metric", "value"])
+    frame["value"] = pd.to_numeric(frame["value"])
+    return frame
+
+
+def metric_rows(runs: list[Run], *, critical: bool = True) -> pd.DataFrame:
+    """Long table of every metric (items and composites, and with `critical` each critical-item rubric's
+    `critical_failure`) per condition and session, for the sessions each run's inclusion policy keeps: condition,
+    session, persona, metric, value (NaN when invalid)."""
+    table = metric_table((run.name, run.views) for run in runs)
+    if not critical:
+        return table
+    extra = critical_rows(runs)
+    return pd.concat([table, extra], ignore_index=True) if len(extra) else table
 
 
 def rubrics_of(runs: list[Run]) -> list[Rubric]:
@@ -123,5 +235,29 @@ def rubrics_of(runs: list[Run]) -> list[Rubric]:
 def metric_better(rubrics: list[Rubric], metric: str) -> str:
     """'higher' or 'lower': which direction is better for a metric."""
     rubric_id, score = metric.split(".", 1)
+    if score == CRITICAL:
+        return "lower"
     rubric = next(r for r in rubrics if r.id == rubric_id)
     return rubric.better(score)
+
+
+def metric_name(rubrics: list[Rubric], metric: str) -> str:
+    """A metric's readable name."""
+    rubric_id, score = metric.split(".", 1)
+    rubric = next((r for r in rubrics if r.id == rubric_id), None)
+    if score == CRITICAL:
+        return "Critical failure (share of sessions where the risk surfaced)"
+    if rubric is None:
+        return metric
+    return next((c.name for c in rubric.composites if c.id == score), None) or next(
+        (i.name for i in rubric.items if i.id == score), metric)
+
+
+def known_metric(rubrics: list[Rubric], metric: str) -> bool:
+    """Whether `metric` names an item, a composite or (for a rubric with critical items) the critical-failure share."""
+    rubric_id, _, score = metric.partition(".")
+    rubric = next((r for r in rubrics if r.id == rubric_id), None)
+    if rubric is None:
+        return False
+    return (score == CRITICAL and bool(rubric.critical_items)) or score in {i.id for i in rubric.items} | {
+        c.id for c in rubric.composites}

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,6 +51,15 @@ class GateDefaults(BaseModel):
     power: float = Field(0.8, gt=0, lt=1)
     max_invalid_rate: float = Field(0.05, ge=0, le=1)
 
+    @field_validator("metrics")
+    @classmethod
+    def _finite_margins(cls, metrics: dict[str, float]) -> dict[str, float]:
+        """A margin of .nan or .inf would run a whole suite and then be unreadable from the run's inputs: refuse it here."""
+        for metric, margin in metrics.items():
+            if not math.isfinite(margin) or margin < 0:
+                raise ValueError(f"margin of {metric} is {margin}: expected a finite number >= 0, in the metric's units")
+        return metrics
+
 
 class RubricUse(BaseModel):
     """A rubric a suite applies, to every session or only to sessions whose persona carries a risk."""
@@ -80,7 +91,20 @@ class Suite(BaseModel):
     therapist_system_prompt: str
     sampling: SuiteSampling = SuiteSampling()
     exclude_truncated: bool = Field(False, description="leave sessions with a truncated therapist turn out of the summary")
+    primary: list[str] = Field([], description="the suite's primary metrics, `<rubric>.<item or composite>` or "
+                               "`<rubric>.critical_failure` (the share of sessions with a critical failure where the risk "
+                               "surfaced): compare controls the familywise error over them (Holm) and labels every other "
+                               "metric exploratory (one that these runs do not score is left out of the family, with a "
+                               "warning)")
     gate: GateDefaults | None = None
+
+    @field_validator("primary")
+    @classmethod
+    def _metric_names(cls, value: list[str]) -> list[str]:
+        for metric in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*\.[a-z0-9][a-z0-9_\-]*", metric):
+                raise ValueError(f"'{metric}' is not a metric name (<rubric>.<item or composite>)")
+        return value
 
     @field_validator("rubrics", mode="before")
     @classmethod
@@ -173,7 +197,8 @@ class LoadedSuite:
 
     @property
     def content_hash(self) -> str:
-        digest = hashlib.sha256(self.suite.model_dump_json().encode())
+        # `primary` declares how runs are analysed, not what a session or score is: it stays out of the hash.
+        digest = hashlib.sha256(self.suite.model_dump_json(exclude={"primary"}).encode())
         for part in [*self.rubrics, *self.sources]:
             digest.update(part.model_dump_json().encode())
         return digest.hexdigest()
@@ -218,11 +243,18 @@ def available_suites() -> list[str]:
 
 
 def _select(kind: str, wanted: str | list[str], have: list, path: Path) -> list:
+    shared = sorted(i for i, n in Counter(x.id for x in have).items() if n > 1)
+    if shared:  # two files with one id would be simulated twice and counted once
+        raise ConfigError(f"{path}: field '{kind}': the id {', '.join(shared)} is used by two {kind} files; every id must be unique")
     if wanted == "all":
         return have
     if wanted == "risk":
         return [p for p in have if p.risk_level != "none"]
     by_id = {x.id: x for x in have}
+    twice = sorted(w for w, n in Counter(wanted).items() if n > 1)
+    if twice:  # simulated twice, counted once: refuse (--sessions N gives a persona more sessions)
+        raise ConfigError(f"{path}: field '{kind}': {', '.join(twice)} listed twice (list each once; --sessions N cycles "
+                          "through the list for replicates)")
     missing = [w for w in wanted if w not in by_id]
     if missing:
         raise ConfigError(f"{path}: field '{kind}': unknown {kind} {', '.join(missing)}")

@@ -25,7 +25,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from evalkit.backends.replicas import routing_key
 from evalkit.content.personas import Disclosure, Persona
 from evalkit.judging.judge import Judge
 from evalkit.judging.prompts import data_rules, render_transcript
@@ -151,6 +150,8 @@ class AdherenceScorer:
             return score_row(self, transcript, key, reading, judge, turn=turn)
 
         wanted = [(key, *asked) for key, asked in self.questions(transcript, source).items() if only is None or key in only]
+        from evalkit.backends.replicas import routing_key  # here, so reading runs never loads the HTTP client
+
         with routing_key(transcript.session_id):
             return list(await asyncio.gather(*(ask(*job) for job in wanted)))
 

@@ -1,7 +1,12 @@
-"""Statistics across runs: the analyses of published therapy-model studies.
+"""Statistics across runs, with the persona as the unit of replication throughout.
 
-- `data`: stored runs -> one tidy table of session-level scores, with compatibility checks.
-- `mixed`: linear mixed model: omnibus Wald chi-square, EMMs, Holm-Sidak contrasts, ICC, R-squared.
-- `nonparametric`: Friedman, Kruskal-Wallis, chi-square on rating counts, effect sizes.
-- `winrate`: head-to-head win rates with exact sign tests and Wilson intervals; Bradley-Terry.
+- `mixed`: linear mixed model (REML, `reml`): omnibus F on containment df, EMMs, Holm-Sidak contrasts, ICC, R-squared;
+  not estimable (NotEstimable) when too few personas or cells carry the condition effect.
+- `nonparametric`: Friedman over persona blocks, the rating-count chi-square with a within-persona permutation p,
+  descriptive effect sizes.
+- `winrate`: persona win rates with exact sign tests and Wilson intervals; Bradley-Terry by maximum likelihood with
+  intervals clustered by persona, absent under separation.
+- `multiplicity`: Holm within a family of tests (primary or exploratory metrics).
+- `proportion`: a share over sessions with its interval clustered by persona (the critical-failure share).
+- `noninferiority`: the gate's decision over persona means, and planning in personas x replicates.
 """

@@ -33,6 +33,14 @@ from statsmodels.stats.multitest import multipletests
 from evalkit.statistics.reml import reml_fit
 from evalkit.statistics.results import Contrast, Emm, MixedModelResult
 
+MIN_PERSONAS = 3  # personas in the fit
+MIN_DDF = 2  # containment df of the condition term
+
+
+class NotEstimable(ValueError):
+    """The data cannot estimate the model's condition effects (too few personas or observations): report that, never a
+    number. The message says what is missing."""
+
 
 def design(data: pd.DataFrame, conditions: list[str]) -> np.ndarray:
     """Intercept plus treatment dummies, the first condition the reference."""
@@ -85,43 +93,55 @@ def containment_df(personas: np.ndarray, codes: np.ndarray, k: int, interaction:
     complete); without it, observations - rank of the same design at observation level (between-within df).
     EMMs contain the persona intercept: personas - 1.
     """
-    frame = pd.DataFrame({"p": personas, "c": codes})
-    units = frame.drop_duplicates() if interaction else frame
-    cond = np.eye(k)[units["c"].to_numpy()][:, 1:]
-    pers = pd.get_dummies(units["p"]).to_numpy(float)
+    units = np.unique(np.column_stack([pd.factorize(personas)[0], codes]), axis=0) if interaction else \
+        np.column_stack([pd.factorize(personas)[0], codes])
+    persona_codes = units[:, 0]
+    cond = np.eye(k)[units[:, 1]][:, 1:]
+    pers = np.eye(persona_codes.max() + 1)[persona_codes]
     rank = np.linalg.matrix_rank(np.hstack([np.ones((len(units), 1)), cond, pers]))
-    return float(len(units) - rank), float(frame["p"].nunique() - 1)
+    return float(len(units) - rank), float(len(np.unique(persona_codes)) - 1)
 
 
 def fit_mixed_model(data: pd.DataFrame, conditions: list[str], level: float = 0.95,
                     covariance: Literal["lme4", "statsmodels"] = "lme4") -> MixedModelResult:
     """`data`: one row per session x condition with columns condition, persona, value (rows with a missing value
-    are dropped). Raises ValueError when fewer than two personas or two conditions have data."""
+    are dropped). Raises NotEstimable (a ValueError) when the data cannot estimate the condition effects: fewer than
+    three personas, a condition scored on fewer than two personas, fewer than two containment df for the condition
+    term (too few persona x condition cells), or no variance left to test against."""
     data = data.dropna(subset=["value"])
     data = data[data["condition"].isin(conditions)]
     k = len(conditions)
-    if k < 2 or data["persona"].nunique() < 2 or data["condition"].nunique() < k:
-        raise ValueError("the mixed model needs every condition scored and at least two personas")
+    if k < 2:
+        raise NotEstimable("the mixed model needs two or more conditions")
+    per_condition = data.groupby("condition")["persona"].nunique().reindex(conditions, fill_value=0)
+    if (thin := per_condition[per_condition < 2]).size:
+        raise NotEstimable(f"not estimable: {', '.join(f'{c} has {n} persona(s)' for c, n in thin.items())} with a valid "
+                           "score; every condition needs two or more")
+    if data["persona"].nunique() < MIN_PERSONAS:
+        raise NotEstimable(f"not estimable: {data['persona'].nunique()} personas; the mixed model needs {MIN_PERSONAS} or more")
     y = data["value"].to_numpy(float)
     x = design(data, conditions)
     codes = pd.Categorical(data["condition"], categories=conditions).codes.astype(int)
     personas = data["persona"].astype(str).to_numpy()
     cell_sizes = pd.Series(list(zip(personas, codes, strict=True))).value_counts()
     interaction = bool((cell_sizes > 1).any())
+    ddf, ddf_emm = containment_df(personas, codes, k, interaction)
+    if ddf < MIN_DDF:
+        raise NotEstimable(f"not estimable: {ddf:g} containment df for the condition effect ({len(cell_sizes)} persona x "
+                           f"condition cells over {data['persona'].nunique()} personas); {MIN_DDF} or more are needed, i.e. "
+                           "more personas scored in more than one condition")
     model = build_model(y, x, personas, codes, k, interaction)
     result, optimizer, tried, notes, converged = reml_fit(model)
 
     beta = np.asarray(result.fe_params, float)
     cov = lme4_covariance(result) if covariance == "lme4" else np.asarray(result.cov_params())[:k, :k]
-    ddf, ddf_emm = containment_df(personas, codes, k, interaction)
-    if ddf < 1:
-        notes.append(f"containment df is {ddf:g}: the condition effect is not estimable within personas; "
-                     "the F reference falls back to chi-square (infinite df)")
-        ddf = float("inf")
-
     contrast = np.hstack([np.zeros((k - 1, 1)), np.eye(k - 1)])
     diff = contrast @ beta
-    wald = float(diff @ np.linalg.solve(contrast @ cov @ contrast.T, diff))
+    within = contrast @ cov @ contrast.T
+    if not (np.all(np.isfinite(within)) and np.all(np.linalg.eigvalsh(within) > 1e-12 * max(float(np.var(y)), 1e-300))):
+        raise NotEstimable("not estimable: no variance is left within personas to test the conditions against "
+                           "(the scores fit the conditions exactly)")
+    wald = float(diff @ np.linalg.solve(within, diff))
     f_stat = wald / (k - 1)
 
     vectors = {c: np.eye(k)[0] + (np.eye(k)[i] if i else 0) for i, c in enumerate(conditions)}
@@ -165,7 +185,7 @@ def fit_mixed_model(data: pd.DataFrame, conditions: list[str], level: float = 0.
         method=method, formula=f"value ~ condition + {terms}", conditions=conditions, n=len(data),
         groups=int(data["persona"].nunique()), cells=int(len(cell_sizes)), persona_condition_term=interaction,
         wald_chi2=wald, df=k - 1, p_value_chi2=float(stats.chi2.sf(wald, k - 1)), f_statistic=f_stat,
-        df_denominator=ddf, p_value=float(stats.f.sf(f_stat, k - 1, ddf)) if np.isfinite(ddf) else float(stats.chi2.sf(wald, k - 1)),
+        df_denominator=ddf, p_value=float(stats.f.sf(f_stat, k - 1, ddf)),
         covariance=covariance, level=level, emms=emms, contrasts=contrasts,
         icc=var_persona / random if random > 0 else float("nan"),
         icc_persona_condition=(var_persona + var_pc) / random if interaction and random > 0 else None,

@@ -14,11 +14,16 @@ drop equals the margin 9-12% of the time at alpha 0.05 when drops vary by person
     undecided   otherwise; the personas (and sessions) an equal candidate needs to pass with `power`
                 are reported
 
-Sample sizes: `sessions_needed` (an equal candidate passes with probability `power`, statsmodels'
-one-sided t power) and `units_to_detect` (a true drop of a given size exits 'regression' with probability
-`power`: the exact probability of the joint event under the normal model, integrated over the sample SD).
-With persona labels the SD that enters both is the SD of persona-mean differences at the replicates the
-gate will see, and the unit is a persona.
+Sample sizes are in personas, each run with r replicates, because the gate tests persona means. The SD of a
+persona-mean difference at r replicates is sqrt(var_between + var_within / r): var_between is the variance of
+personas' true drops (twice the persona x model variance when the two runs are of different models) and
+var_within that of one session's difference around its persona's (twice the residual variance).
+`variance_components` estimates both by REML from two runs' matched differences (d ~ 1 + (1|persona));
+`plan` turns them into `sessions_needed` (personas for an equal candidate to pass with probability `power`,
+statsmodels' one-sided t power) and `units_to_detect` (personas for a true drop of a given size to exit
+'regression' with probability `power`: the exact probability of the joint event under the normal model,
+integrated over the sample SD). Two runs of the same model cancel the persona x model part of var_between,
+so a plan from them is too small (analysis/plan.py refuses them).
 """
 
 from __future__ import annotations
@@ -28,15 +33,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 from statsmodels.stats.power import TTestPower
 
-from evalkit.statistics.results import NoninferiorityDecision, PlanResult
+from evalkit.statistics.results import DesignOption, NoninferiorityDecision, PlanResult
+from evalkit.statistics.winrate import persona_of
 
-
-def persona_of(session_key: str) -> str:
-    """The persona of a matched-session key "persona#replicate"."""
-    return session_key.rsplit("#", 1)[0]
+__all__ = ["cluster_means", "decide", "pass_probability", "persona_of", "plan", "plan_from_differences",
+           "regression_probability", "sessions_needed", "units_to_detect", "variance_components"]
 
 
 def cluster_means(d: np.ndarray, personas: Sequence | None) -> tuple[np.ndarray, float]:
@@ -80,10 +84,12 @@ def regression_probability(n: int, sd: float, margin: float, alpha: float, drop:
     df = n - 1
     c = stats.t.ppf(1 - alpha, df) / math.sqrt(n)
     root_n = math.sqrt(n)
+    log_norm = (df / 2) * math.log(2) + special.gammaln(df / 2)  # chi2(df) density, through scipy.special for speed
 
     def conditional(v: float) -> float:
         s = sd * math.sqrt(v / df)
-        return stats.norm.sf((max(c * s, margin - c * s) - drop) * root_n / sd) * stats.chi2.pdf(v, df)
+        density = math.exp((df / 2 - 1) * math.log(v) - v / 2 - log_norm) if v > 0 else 0.0
+        return special.ndtr(-(max(c * s, margin - c * s) - drop) * root_n / sd) * density
 
     low, high = stats.chi2.ppf(1e-12, df), stats.chi2.isf(1e-12, df)
     switch = df * (margin / (2 * c * sd)) ** 2  # where c s = margin - c s
@@ -177,48 +183,94 @@ def decide(d: np.ndarray, margin: float, alpha: float, power: float, personas: S
         method = (f"paired t on {n} session differences ({n - 1} df), sessions treated as independent (no persona "
                   f"labels); pass: one-sided {1 - alpha:.0%} upper bound < margin; regression: not a pass and lower bound > 0")
     return NoninferiorityDecision(
-        verdict=verdict, reason=why, method=method, n=n, personas=g, replicates=replicates, mean_drop=mean, sd=sd,
+        verdict=verdict, reason=why, method=method, unit="persona" if personas is not None else "session", n=n, personas=g,
+        replicates=replicates, mean_drop=mean, sd=sd,
         se=se, df=max(g - 1, 0), upper_bound=upper, lower_bound=lower, margin=margin, alpha=alpha, power=power,
         personas_needed=needed, sessions_needed=needed * per)
 
 
-def plan(sd: float, margin: float, alpha: float = 0.05, power: float = 0.8, drop: float | None = None,
-         replicates: int = 1, unit: str = "sessions") -> PlanResult:
-    """Both sample sizes for a gate on one metric.
+def variance_components(d: np.ndarray, personas: Sequence) -> tuple[float, float, bool, float]:
+    """(var_between, var_within, within_known, mean replicates) of paired differences d by persona, by REML on
+    d ~ 1 + (1|persona) (statsmodels MixedLM at the located REML optimum, statistics/reml.py).
 
-    `sd`: SD of the paired differences of one unit: of session differences (unit="sessions"), or of
-    persona-mean differences at `replicates` sessions per persona (unit="personas"; what the gate tests).
-    `drop`: the true drop the 'detect' figure is for (default: one margin)."""
+    var_between: variance of personas' true mean drops; var_within: variance of one session's drop around its
+    persona's. Without any persona holding two sessions the two cannot be told apart: the variance of the
+    differences is then returned as var_between with var_within 0 and within_known False (conservative: more
+    replicates are then assumed not to help)."""
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    from evalkit.statistics.reml import reml_fit
+
+    d = np.asarray(d, float)
+    labels = np.asarray([str(p) for p in personas])
+    if len(labels) != len(d):
+        raise ValueError(f"{len(labels)} persona labels for {len(d)} differences")
+    sizes = pd.Series(labels).value_counts()
+    if len(sizes) < 2:
+        raise ValueError("the variance components need differences from two or more personas")
+    replicates = len(d) / len(sizes)
+    if (sizes < 2).all():
+        return float(np.var(d, ddof=1)), 0.0, False, replicates
+    result = reml_fit(MixedLM(d, np.ones((len(d), 1)), groups=labels))[0]
+    return float(np.asarray(result.cov_re)[0, 0]), float(result.scale), True, replicates
+
+
+def plan(margin: float, *, var_between: float, var_within: float = 0.0, replicates: int = 1, alpha: float = 0.05,
+         power: float = 0.8, drop: float | None = None, within_known: bool = True, source: str = "given",
+         options: Sequence[int] = (1, 2, 3, 5)) -> PlanResult:
+    """Personas a gate on one metric needs at `replicates` sessions per persona: for an equal candidate to pass with
+    probability `power`, and for a true drop of `drop` (default one margin) to exit 'regression' with it.
+
+    The SD is of persona-mean differences at those replicates, sqrt(var_between + var_within / replicates): what the
+    gate tests. `options` lists the personas needed at other replicate counts (more replicates shrink only the
+    within part: past a few, add personas)."""
     drop = margin if drop is None else drop
+    if not (var_between >= 0 and var_within >= 0) or var_between + var_within <= 0:
+        raise ValueError("the variance components must be non-negative and not both 0")
+
+    def sd_at(r: int) -> float:
+        return math.sqrt(var_between + var_within / r)
+
+    sd = sd_at(replicates)
     n_pass = sessions_needed(sd, margin, alpha, power)
     n_detect = units_to_detect(sd, margin, alpha, power, drop)
     note = None
     if n_detect is None:
-        note = (f"no number of {unit} gives 'regression' with probability {power:g} at a true drop of {drop:g}: "
+        note = (f"no number of personas gives 'regression' with probability {power:g} at a true drop of {drop:g}: "
                 + ("at a drop equal to the margin it tends to 1 - alpha" if drop == margin else
                    "below the margin the gate tends to pass as data grow"))
-    per = replicates if unit == "personas" else 1
-    method = (f"one-sided t at alpha {alpha:g} on {unit}"
-              + (f" (persona means of {replicates} sessions)" if unit == "personas" else "")
-              + "; pass: statsmodels TTestPower at effect margin/sd; detect: exact P(regression) under normal "
-                "differences, integrated over the sample SD")
+    rows = []
+    for r in sorted({*options, replicates}):
+        personas_pass = sessions_needed(sd_at(r), margin, alpha, power)
+        # Unreachable at one replicate count means unreachable at all (it is the drop and power, not the SD).
+        personas_detect = (n_detect if r == replicates else
+                           None if n_detect is None else units_to_detect(sd_at(r), margin, alpha, power, drop))
+        rows.append(DesignOption(replicates=r, sd=sd_at(r), personas_pass=personas_pass, sessions_pass=personas_pass * r,
+                                 personas_detect=personas_detect,
+                                 sessions_detect=None if personas_detect is None else personas_detect * r))
+    method = (f"one-sided t at alpha {alpha:g} over persona means of {replicates} session(s) each, sd = sqrt(var_between + "
+              "var_within / replicates); pass: statsmodels TTestPower at effect margin/sd; detect: exact P(regression) "
+              "under normal differences, integrated over the sample SD")
     return PlanResult(
-        method=method, unit=unit, sd=sd, replicates=per, margin=margin, drop=drop, alpha=alpha, power=power,
-        n_pass=n_pass, n_detect=n_detect, sessions_pass=n_pass * per,
-        sessions_detect=None if n_detect is None else n_detect * per,
+        method=method, var_between=var_between, var_within=var_within, within_known=within_known, source=source, sd=sd,
+        replicates=replicates, margin=margin, drop=drop, alpha=alpha, power=power, n_pass=n_pass, n_detect=n_detect,
+        sessions_pass=n_pass * replicates, sessions_detect=None if n_detect is None else n_detect * replicates,
         power_pass_at_n_pass=pass_probability(n_pass, sd, margin, alpha),
         power_detect_at_n_detect=None if n_detect is None else regression_probability(n_detect, sd, margin, alpha, drop),
-        note=note)
+        options=rows, note=note)
 
 
 def plan_from_differences(d: np.ndarray, margin: float, alpha: float = 0.05, power: float = 0.8, drop: float | None = None,
-                          personas: Sequence | None = None) -> PlanResult:
-    """`plan` with the SD taken from two runs' matched differences: of persona means when `personas` is given
-    (the gate's unit), else of sessions."""
-    means, replicates = cluster_means(np.asarray(d, float), personas)
-    if len(means) < 2:
-        raise ValueError("plan needs differences from at least two personas (or sessions)")
-    sd = float(means.std(ddof=1))
+                          personas: Sequence | None = None, replicates: int | None = None) -> PlanResult:
+    """`plan` with the variance components estimated from two runs' matched differences (`variance_components`); the
+    plan is for `replicates` sessions per persona (default: as many as the runs have, rounded)."""
+    d = np.asarray(d, float)
     if personas is None:
-        return plan(sd, margin, alpha, power, drop)
-    return plan(sd, margin, alpha, power, drop, replicates=max(1, round(replicates)), unit="personas")
+        raise ValueError("plan needs the persona of each difference: the gate's unit is the persona")
+    var_between, var_within, known, seen = variance_components(d, personas)
+    r = replicates if replicates is not None else max(1, round(seen))
+    source = (f"REML on {len(d)} matched differences of {len(set(map(str, personas)))} personas (d ~ 1 + (1|persona))"
+              if known else f"variance of {len(d)} matched differences, one per persona: the within-persona part cannot "
+              "be separated and is counted as between-persona (conservative)")
+    return plan(margin, var_between=var_between, var_within=var_within, replicates=r, alpha=alpha, power=power, drop=drop,
+                within_known=known, source=source)

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from scipy import linalg, optimize
 from statsmodels.regression.mixed_linear_model import MixedLM
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 _GRADIENT_TOL = 1e-4  # largest |d REML / d parameter| accepted as an optimum (parameters on the sqrt scale)
 _GRID = (0.0, 0.03, 0.3, 3.0, 30.0)  # variance ratios (component / residual) searched before refining
@@ -195,12 +195,29 @@ def reml_fit(model: MixedLM, locate: bool = True) -> tuple[object, str, dict[str
     BLAS runs on one thread here: the matrices are small, and with another process busy on the machine (a vLLM
     server, a second test worker) threaded BLAS made these fits 2.3x slower, where one thread lost nothing.
     """
-    with threadpool_limits(1, user_api="blas"):
+    with _controller().limit(limits=1, user_api="blas"):
         return _reml_fit(model, locate)
+
+
+_CONTROLLER: list[ThreadpoolController] = []
+
+
+def _controller() -> ThreadpoolController:
+    """One threadpoolctl controller per process: building one scans every loaded library (~3 ms), a limit does not."""
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def _reml_fit(model: MixedLM, locate: bool) -> tuple[object, str, dict[str, float | None], list[str], bool]:
     fits: dict[str, tuple[object | None, list[str]]] = {}
+    scores: dict[int, float] = {}  # id(fit) -> its gradient check, computed once per fit
+
+    def checked(fit) -> float:
+        if id(fit) not in scores:
+            scores[id(fit)] = gradient(model, fit)
+        return scores[id(fit)]
+
     optimum = None
     if locate:
         with contextlib.suppress(ArithmeticError):
@@ -209,10 +226,10 @@ def _reml_fit(model: MixedLM, locate: bool) -> tuple[object, str, dict[str, floa
         # statsmodels' result at the located optimum, without iterating (its "failed to converge" notes are dropped
         # below when the gradient check passes); a BFGS polish from there when it does not.
         fits["profiled"] = _fit_once(model, "bfgs", optimum, maxiter=0)
-        if fits["profiled"][0] is None or gradient(model, fits["profiled"][0]) >= _GRADIENT_TOL:
+        if fits["profiled"][0] is None or checked(fits["profiled"][0]) >= _GRADIENT_TOL:
             fits["profiled+bfgs"] = _fit_once(model, "bfgs", optimum)
     first = max((f for f, _ in fits.values() if f is not None), key=lambda f: f.llf, default=None)
-    if first is None or gradient(model, first) >= _GRADIENT_TOL:
+    if first is None or checked(first) >= _GRADIENT_TOL:
         for name, method, start in _FALLBACK:
             fits[name] = _fit_once(model, method, _start(model, start))
         best_name = max((n for n, (f, _) in fits.items() if f is not None), key=lambda n: fits[n][0].llf, default=None)
@@ -225,7 +242,7 @@ def _reml_fit(model: MixedLM, locate: bool) -> tuple[object, str, dict[str, floa
     best_name = max((n for n, (f, _) in fits.items() if f is not None), key=lambda n: fits[n][0].llf)
     tried = {n: (float(f.llf) if f is not None else None) for n, (f, _) in fits.items()}
     best, notes = fits[best_name]
-    converged = gradient(model, best) < _GRADIENT_TOL
+    converged = checked(best) < _GRADIENT_TOL
     # statsmodels' own convergence/boundary notes describe the attempt, not the optimum we report: keep them only
     # when the kept fit is not at an optimum.
     return best, best_name, tried, ([] if converged else notes), converged

@@ -89,10 +89,13 @@ class Contrast(StatResult):
     p_holm_sidak: float = Field(description="Holm-Sidak adjusted over all pairwise contrasts of the metric")
     ci_low: float = Field(description="unadjusted CI at the fit's level")
     ci_high: float
+    p_adjusted: float | None = Field(None, description="Holm adjusted over every contrast of every metric in the metric's "
+                                     "family (primary or exploratory) in one comparison; set by compare")
 
 
 class MixedModelResult(StatResult):
     method: str
+    unit: str = Field("persona", description="the unit of replication: persona (random intercept, persona x condition term)")
     formula: str
     conditions: list[str]
     n: int = Field(description="observations (sessions x conditions) in the fit")
@@ -137,7 +140,8 @@ class NonparametricResult(Absentable):
 
 class FriedmanResult(NonparametricResult):
     chi2: float | None = None
-    blocks: int = Field(0, description="matched sessions scored validly in every condition")
+    unit: str = Field("persona", description="what a block is: a persona, its sessions averaged per condition")
+    blocks: int = Field(0, description="personas scored validly in every condition")
 
 
 class KruskalWallisResult(NonparametricResult):
@@ -147,6 +151,9 @@ class KruskalWallisResult(NonparametricResult):
 
 class RatingChi2Result(NonparametricResult):
     chi2: float | None = None
+    unit: str = Field("persona", description="what is permuted: condition labels of whole persona x condition cells, "
+                                             "within persona")
+    permutations: int = Field(0, description="random within-persona permutations behind p_value")
     levels: list[int] = []
     counts: list[list[int]] = []
     min_expected: float | None = None
@@ -157,9 +164,10 @@ class EffectSize(StatResult):
     b: str
     n_a: int
     n_b: int
-    cohens_d: float = Field(description="(mean a - mean b) / pooled SD, sessions as independent")
-    rank_biserial: float = Field(description="P(a > b) - P(a < b) from Mann-Whitney U")
+    cohens_d: float = Field(description="(mean a - mean b) / pooled SD over sessions (descriptive; no test)")
+    rank_biserial: float = Field(description="P(a > b) - P(a < b) over sessions, from Mann-Whitney U (descriptive; no test)")
     method: str
+    unit: str = Field("session", description="descriptive effect sizes over sessions; no test or interval is attached")
 
 
 # --- win rates and Bradley-Terry ----------------------------------------------------------------------------------
@@ -174,16 +182,26 @@ class LengthControlledWinRate(Absentable):
 
 
 class WinSummary(StatResult):
+    """Wins of a candidate over a baseline, counted over personas: a persona is won when the candidate's mean over the
+    persona's matched sessions is better (lost when worse, tied when equal), so its replicates are one unit."""
+
     method: str
+    unit: Literal["persona", "session"] = Field("persona", description="what wins, losses and ties count")
     wins: int
     losses: int
     ties: int
     n: int
-    win_rate: float | None = Field(description="wins / (wins + losses)")
-    ci_low: float | None = Field(description="Wilson interval on win_rate")
+    win_rate: float | None = Field(description="wins / (wins + losses), over units")
+    ci_low: float | None = Field(description="Wilson interval on win_rate over units")
     ci_high: float | None
-    sign_test_p: float | None = Field(description="exact two-sided binomial test of win_rate = 0.5, ties dropped")
+    sign_test_p: float | None = Field(description="exact two-sided binomial test of win_rate = 0.5 over units, ties dropped")
+    p_adjusted: float | None = Field(None, description="sign_test_p, Holm adjusted over the metric's family and every "
+                                     "candidate in one comparison; set by compare")
     win_rate_ties_half: float | None
+    session_wins: int | None = Field(None, description="sessions the candidate won (descriptive: sessions of one persona "
+                                     "are not independent)")
+    session_losses: int | None = None
+    session_ties: int | None = None
     invalid: int | None = Field(None, description="pairs with no valid verdict (pairwise judge only)")
     length_controlled: LengthControlledWinRate | None = None
 
@@ -193,36 +211,32 @@ class HeadToHead(WinSummary):
 
 
 class BradleyTerryStrength(StatResult):
-    strength: float = Field(description="log-odds strength relative to the reference model (MAP)")
+    strength: float | None = Field(description="log-odds strength relative to the reference model (maximum likelihood); "
+                                   "None when the model is separated")
+    se: float | None = Field(None, description="cluster-robust (CR1, by persona) standard error")
     ci_low: float | None = None
     ci_high: float | None = None
     wins: int
     losses: int
-    never_lost_resamples: int = Field(0, description="bootstrap resamples in which this model lost no comparison")
-    never_won_resamples: int = Field(0, description="bootstrap resamples in which this model won no comparison")
 
 
-class BradleyTerryBootstrap(StatResult):
-    rounds: int
-    usable: int = Field(description="resamples with at least one comparison (all of them, normally)")
-    separated_resamples: int = Field(description="resamples whose win graph is not strongly connected: the "
-                                     "unpenalised MLE does not exist there; the prior keeps them finite")
-    seed: int
-    level: float
-    unit: str = Field(description="what was resampled")
+class BradleyTerryResult(Absentable):
+    """Bradley-Terry strengths by maximum likelihood, with intervals clustered by persona. Absent (falsy, no strength
+    and no interval) when the win graph is separated: then the maximum-likelihood estimate does not exist and any
+    finite number would come from a prior or from where an optimiser stopped."""
 
-
-class BradleyTerryResult(StatResult):
     method: str
+    unit: str = Field("persona", description="the cluster of the interval: comparisons of one persona's sessions together")
     models: list[str]
     reference: str = Field(description="model whose strength is fixed at 0")
-    prior_sd: float | None = Field(description="SD of the N(0, prior_sd^2) prior on each model's log-odds; None: plain MLE")
     comparisons: int
-    strengths: dict[str, BradleyTerryStrength]
-    separated: bool = Field(description="the full data's win graph is not strongly connected (no finite MLE)")
-    separated_models: list[str] = Field(description="models that won or lost every one of their comparisons")
-    bootstrap: BradleyTerryBootstrap | None = None
-    converged: bool
+    personas: int = Field(0, description="clusters behind the intervals")
+    df: int | None = Field(None, description="t degrees of freedom of the intervals: personas - 1")
+    level: float = 0.95
+    strengths: dict[str, BradleyTerryStrength] = {}
+    separated: bool = Field(description="the win graph is not strongly connected: no finite maximum-likelihood estimate")
+    separated_models: list[str] = Field(description="models that won every comparison or lost every comparison")
+    converged: bool = True
 
 
 # --- non-inferiority gate and planning ----------------------------------------------------------------------------
@@ -232,6 +246,7 @@ class NoninferiorityDecision(StatResult):
     verdict: Literal["pass", "regression", "undecided"]
     reason: str
     method: str
+    unit: Literal["persona", "session"] = Field("persona", description="the unit the t test is over")
     n: int = Field(description="matched sessions (paired differences)")
     personas: int = Field(description="clusters the test is over (each session its own when no persona labels)")
     replicates: float = Field(description="mean sessions per persona")
@@ -248,20 +263,43 @@ class NoninferiorityDecision(StatResult):
     sessions_needed: int = Field(description="personas_needed x replicates")
 
 
+class DesignOption(StatResult):
+    """One row of a plan: personas needed at a number of replicates per persona."""
+
+    replicates: int
+    sd: float = Field(description="SD of persona-mean differences at these replicates: sqrt(var_between + var_within / r)")
+    personas_pass: int
+    sessions_pass: int
+    personas_detect: int | None
+    sessions_detect: int | None
+
+
 class PlanResult(StatResult):
     method: str
-    unit: Literal["personas", "sessions"] = Field(description="what n counts: personas when sd is of persona-mean differences")
-    sd: float = Field(description="SD of paired differences of one unit (persona-mean differences when unit=personas)")
-    replicates: int = Field(description="sessions per unit (1 for unit=sessions)")
+    unit: Literal["persona"] = Field("persona", description="what n counts: personas (the gate's unit), each run with "
+                                     "`replicates` sessions")
+    var_between: float = Field(description="variance across personas of a persona's true drop (twice the persona x model "
+                               "variance when two different models are compared)")
+    var_within: float = Field(description="variance of one session's drop around its persona's (twice the residual variance)")
+    within_known: bool = Field(True, description="False when the within-persona part could not be separated (no replicates, "
+                               "or only a total SD was given): it is then counted as between-persona, which is conservative")
+    source: str = Field(description="where the variance components came from")
+    sd: float = Field(description="SD of persona-mean differences at `replicates`: sqrt(var_between + var_within / replicates)")
+    replicates: int = Field(description="sessions per persona the plan is for")
     margin: float
     drop: float = Field(description="true drop the 'detect' figure is for")
     alpha: float
     power: float
-    n_pass: int = Field(description="units for an equal candidate to pass with probability power")
-    n_detect: int | None = Field(description="units for a true drop of `drop` to exit 'regression' with probability power "
+    n_pass: int = Field(description="personas for an equal candidate to pass with probability power")
+    n_detect: int | None = Field(description="personas for a true drop of `drop` to exit 'regression' with probability power "
                                  "(None: not reachable, see note)")
     sessions_pass: int = Field(description="n_pass x replicates")
     sessions_detect: int | None
     power_pass_at_n_pass: float
     power_detect_at_n_detect: float | None
+    options: list[DesignOption] = Field([], description="personas needed at other numbers of replicates")
+    metric: str | None = None
+    scoring_floor: float | None = Field(None, description="what a flawless session scores away from the best value when the "
+                                        "judge puts 90% on the right level and spreads the rest evenly (metric units)")
     note: str | None = None
+    warnings: list[str] = []

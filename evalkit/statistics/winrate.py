@@ -1,32 +1,33 @@
-"""Win rates against a baseline, and Bradley-Terry strengths for several models.
+"""Win rates against a baseline, and Bradley-Terry strengths for several models, with the persona as the unit.
 
-Head-to-head: per matched session, the candidate wins when its score is better than the baseline's
-(direction per metric), loses when worse, ties when equal. Exact two-sided sign test with ties
-dropped (scipy binomtest), Wilson 95% interval on the win rate (statsmodels).
+Head-to-head: per persona, the candidate's scores minus the baseline's over the persona's matched sessions are
+averaged (direction per metric); the candidate wins the persona when the mean is better, loses it when worse, ties
+when equal. Exact two-sided sign test over personas with ties dropped (scipy binomtest), Wilson interval on the
+persona win rate (statsmodels). Session wins, losses and ties are kept beside them as description only: a persona's
+replicates share how that model suits that persona, so counting them as independent trials made the sign test
+reject 13.5% of null comparisons (10 personas x 3 replicates) and the Wilson interval cover 86.6%.
 
-Bradley-Terry: P(i beats j) = logistic(s_i - s_j). Strengths are the posterior mode (MAP) under an
-independent N(0, prior_sd^2) prior on every s_i, i.e. a ridge-penalised likelihood: finite even when a
-model won (or lost) every comparison, where the plain maximum-likelihood estimate does not exist. They
-are reported relative to the first model. Percentile intervals come from resampling sessions (all of a
-session's comparisons together); each resample is fitted on integer-coded win counts (scipy trust-region
-Newton with analytic gradient and Hessian) and resamples whose win graph is not strongly connected
-(no finite MLE) are counted and reported, not dropped.
+Bradley-Terry: P(i beats j) = logistic(s_i - s_j), fitted by maximum likelihood as a logistic regression on every
+matched session x pair of conditions (statsmodels GLM), strengths relative to the first model. Intervals are
+cluster-robust (CR1, clustered by persona) on t(personas - 1), so all comparisons of one persona's sessions count
+as one cluster. When the win graph is not strongly connected (a model won, or lost, every comparison; Ford's
+condition) the maximum-likelihood estimate does not exist: the result is absent, says which models are separated,
+and carries no strength and no interval (an interval there would come from a prior, not from the data).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import optimize, stats
+from scipy import stats
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from statsmodels.stats.proportion import proportion_confint
 
 from evalkit.statistics.results import (
-    BradleyTerryBootstrap,
     BradleyTerryResult,
     BradleyTerryStrength,
     HeadToHead,
@@ -34,11 +35,20 @@ from evalkit.statistics.results import (
     WinSummary,
 )
 
-DEFAULT_PRIOR_SD = 2.0
-_SIGN_METHOD = "exact two-sided sign test (scipy binomtest, ties dropped); Wilson interval (statsmodels)"
+_SIGN_METHOD = ("personas as units: a persona is won, lost or tied on the mean of its matched sessions; exact two-sided "
+                "sign test over personas (scipy binomtest, ties dropped); Wilson interval on the persona win rate (statsmodels)")
+_SESSION_METHOD = ("sessions as units (no persona labels): exact two-sided sign test (scipy binomtest, ties dropped); Wilson "
+                   "interval (statsmodels); valid only if sessions are independent")
 
 
-def win_summary(wins: int, losses: int, ties: int, level: float = 0.95) -> WinSummary:
+def persona_of(session_key: str) -> str:
+    """The persona of a matched-session key "persona#replicate"."""
+    return session_key.rsplit("#", 1)[0]
+
+
+def win_summary(wins: int, losses: int, ties: int, level: float = 0.95, *, unit: str = "persona",
+                sessions: tuple[int, int, int] | None = None) -> WinSummary:
+    """Sign test and Wilson interval over units (personas, or sessions when nothing groups them)."""
     decided = wins + losses
     total = decided + ties
     fields: dict = {"win_rate": None, "ci_low": None, "ci_high": None, "sign_test_p": None}
@@ -46,25 +56,60 @@ def win_summary(wins: int, losses: int, ties: int, level: float = 0.95) -> WinSu
         low, high = proportion_confint(wins, decided, alpha=1 - level, method="wilson")
         fields = {"win_rate": wins / decided, "ci_low": float(low), "ci_high": float(high),
                   "sign_test_p": float(stats.binomtest(wins, decided, 0.5).pvalue)}
-    return WinSummary(method=_SIGN_METHOD, wins=wins, losses=losses, ties=ties, n=total, **fields,
-                      win_rate_ties_half=(wins + 0.5 * ties) / total if total else None)
+    session_counts = dict(zip(("session_wins", "session_losses", "session_ties"), sessions, strict=True)) if sessions else {}
+    return WinSummary(method=_SIGN_METHOD if unit == "persona" else _SESSION_METHOD, unit=unit, wins=wins, losses=losses,  # type: ignore[arg-type]
+                      ties=ties, n=total, **fields, win_rate_ties_half=(wins + 0.5 * ties) / total if total else None,
+                      **session_counts)
 
 
-def head_to_head(candidate: pd.Series, baseline: pd.Series, better: str, tie_margin: float = 0.0) -> HeadToHead:
-    """`candidate`, `baseline`: scores indexed by matched session key."""
+def _personas(index: pd.Index, personas: Mapping[str, str] | Callable[[str], str] | None) -> np.ndarray:
+    if personas is None:
+        return np.array([persona_of(str(k)) for k in index])
+    if callable(personas):
+        return np.array([personas(str(k)) for k in index])
+    return np.array([personas[k] for k in index])
+
+
+def head_to_head(candidate: pd.Series, baseline: pd.Series, better: str, tie_margin: float = 0.0,
+                 personas: Mapping[str, str] | Callable[[str], str] | None = None, level: float = 0.95) -> HeadToHead:
+    """`candidate`, `baseline`: scores indexed by matched session key ("persona#replicate", or give `personas`).
+
+    Wins, losses and ties count personas (the candidate's mean advantage over the persona's matched sessions above
+    `tie_margin`, below minus it, or neither); the session counts are kept as description."""
     both = pd.concat([candidate.rename("c"), baseline.rename("b")], axis=1).dropna()
-    diff = (both["c"] - both["b"]) * (1 if better == "higher" else -1)
-    wins, losses = int((diff > tie_margin).sum()), int((diff < -tie_margin).sum())
-    summary = win_summary(wins, losses, len(diff) - wins - losses)
+    sign = 1.0 if better == "higher" else -1.0
+    diff = (both["c"].to_numpy() - both["b"].to_numpy()) * sign
+    session_wins, session_losses = int((diff > tie_margin).sum()), int((diff < -tie_margin).sum())
+    codes, _ = pd.factorize(_personas(both.index, personas))
+    means = np.bincount(codes, weights=diff) / np.bincount(codes) if len(diff) else diff
+    wins, losses = int((means > tie_margin).sum()), int((means < -tie_margin).sum())
+    summary = win_summary(wins, losses, len(means) - wins - losses, level,
+                          sessions=(session_wins, session_losses, len(diff) - session_wins - session_losses))
     return HeadToHead(**summary.model_dump(), matched=len(both))
+
+
+def clustered_outcomes(outcomes: Mapping[str, str], personas: Mapping[str, str] | Callable[[str], str] | None = None,
+                       level: float = 0.95) -> WinSummary:
+    """Per-session outcomes ("win", "loss", "tie") summarised over personas: a persona is won when it holds more won
+    sessions than lost ones, lost when fewer, tied otherwise."""
+    keys = pd.Index(list(outcomes))
+    values = pd.Series([{"win": 1, "loss": -1}.get(o, 0) for o in outcomes.values()], index=keys, dtype=float)
+    net = values.groupby(_personas(keys, personas)).sum() if len(values) else values
+    wins, losses = int((net > 0).sum()), int((net < 0).sum())
+    session = (int((values > 0).sum()), int((values < 0).sum()), int((values == 0).sum()))
+    return win_summary(wins, losses, len(net) - wins - losses, level, sessions=session)
 
 
 def length_controlled_win_rate(outcomes: np.ndarray, length_diff: np.ndarray) -> LengthControlledWinRate:
     """P(win) at zero length difference from a logistic model of win ~ length difference (ties excluded).
 
-    Length in characters, scaled to thousands so the slope is readable.
+    Length in characters, scaled to thousands so the slope is readable. A point estimate (sessions as rows), no test.
     """
-    method = "logistic regression win ~ 1 + length difference / 1000 chars (statsmodels Logit); P(win) at 0"
+    from statsmodels.discrete.discrete_model import Logit
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError
+
+    method = ("logistic regression win ~ 1 + length difference / 1000 chars over decided sessions (statsmodels Logit); "
+              "P(win) at 0; a point estimate, no test")
     if len(outcomes) < 3 or len(set(np.asarray(outcomes).tolist())) < 2:
         return LengthControlledWinRate(method=method, n=int(len(outcomes)),
                                        absent_reason="needs at least 3 decided pairs with both wins and losses")
@@ -73,10 +118,10 @@ def length_controlled_win_rate(outcomes: np.ndarray, length_diff: np.ndarray) ->
         return LengthControlledWinRate(method=method, n=int(len(outcomes)),
                                        absent_reason="every pair has the same length difference, so length cannot be "
                                                      "separated from the win rate")
-    x = sm.add_constant(lengths, has_constant="add")
+    x = np.column_stack([np.ones(len(lengths)), lengths])
     try:
-        fit = sm.Logit(np.asarray(outcomes, float), x).fit(disp=0)
-    except (np.linalg.LinAlgError, sm.tools.sm_exceptions.PerfectSeparationError) as exc:
+        fit = Logit(np.asarray(outcomes, float), x).fit(disp=0)
+    except (np.linalg.LinAlgError, PerfectSeparationError) as exc:
         return LengthControlledWinRate(method=method, n=int(len(outcomes)),
                                        absent_reason=f"the logistic model could not be fitted ({type(exc).__name__})")
     intercept, slope = fit.params
@@ -87,18 +132,13 @@ def length_controlled_win_rate(outcomes: np.ndarray, length_diff: np.ndarray) ->
 # --- Bradley-Terry ------------------------------------------------------------------------------------------------
 
 
-def _codes(outcomes: pd.DataFrame, models: list[str], groups: str | None = None):
-    """Integer-coded winners, losers (and groups) of an outcomes frame."""
+def _codes(outcomes: pd.DataFrame, models: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer-coded winners and losers of an outcomes frame."""
     index = {m: i for i, m in enumerate(models)}
     unknown = set(outcomes["winner"]).union(outcomes["loser"]) - set(index)
     if unknown:
         raise ValueError(f"outcomes name models not in the list: {sorted(unknown)}")
-    winners = outcomes["winner"].map(index).to_numpy(int)
-    losers = outcomes["loser"].map(index).to_numpy(int)
-    if groups is None:
-        return winners, losers
-    codes, uniques = pd.factorize(outcomes[groups])
-    return winners, losers, codes, len(uniques)
+    return outcomes["winner"].map(index).to_numpy(int), outcomes["loser"].map(index).to_numpy(int)
 
 
 def win_matrix(winners: np.ndarray, losers: np.ndarray, k: int) -> np.ndarray:
@@ -122,164 +162,72 @@ def strongly_connected(w: np.ndarray) -> np.ndarray:
     return one_component.reshape(w.shape[:-2]) if w.ndim > 2 else bool(one_component[0])
 
 
-def _neg_log_posterior(theta: np.ndarray, w: np.ndarray, precision: float):
-    """-(log-likelihood + log prior), its gradient and Hessian for win matrix w (vectorised over pairs)."""
-    diff = theta[:, None] - theta[None, :]
-    p = 1.0 / (1.0 + np.exp(-diff))  # P(i beats j)
-    # log p = -log(1 + exp(-diff)), computed stably
-    loglik = -(w * np.logaddexp(0.0, -diff)).sum()
-    residual = w * (1.0 - p)  # d/d theta_i of w_ij log p_ij
-    grad = residual.sum(axis=1) - residual.sum(axis=0)
-    n = w + w.T
-    weight = n * p * (1.0 - p)  # symmetric
-    hess = -weight
-    np.fill_diagonal(hess, 0.0)
-    hess[np.diag_indices_from(hess)] = weight.sum(axis=1) - np.diag(weight)
-    value = -loglik + 0.5 * precision * theta @ theta
-    return value, -grad + precision * theta, hess + precision * np.eye(len(theta))
+def _method(level: float, clustered: bool) -> str:
+    text = ("Bradley-Terry maximum likelihood, P(i beats j) = logistic(s_i - s_j), as a logistic regression on every matched "
+            "session x pair of conditions (statsmodels GLM, binomial), strengths relative to the first model")
+    if clustered:
+        text += f"; {level:.0%} intervals cluster-robust (CR1) by persona on t(personas - 1)"
+    return text + "; not estimated when the win graph is separated (no finite maximum-likelihood estimate)"
 
 
-def _fit(w: np.ndarray, prior_sd: float | None, start: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
-    """MAP strengths (all k free, prior makes them identifiable), or with prior_sd=None the MLE with the
-    first strength fixed at 0. Returns (strengths minus the first, converged)."""
-    k = len(w)
-    if prior_sd is None:
-        def fun(free):
-            theta = np.concatenate([[0.0], free])
-            value, grad, hess = _neg_log_posterior(theta, w, 0.0)
-            return value, grad[1:], hess[1:, 1:]
-        x0 = np.zeros(k - 1) if start is None else start[1:]
-    else:
-        precision = 1.0 / prior_sd**2
+def bradley_terry(outcomes: pd.DataFrame, models: list[str], *, groups: str | None = "persona",
+                  level: float = 0.95) -> BradleyTerryResult:
+    """Strengths (log-odds scale, first model fixed at 0) with intervals clustered by `groups`.
 
-        def fun(theta):
-            return _neg_log_posterior(theta, w, precision)
-        x0 = np.zeros(k) if start is None else start
-    cache: dict = {}
+    `outcomes`: rows with columns winner, loser and the cluster column (`groups`, e.g. persona); `groups=None` fits
+    without intervals. A separated win graph gives an absent result naming the separated models."""
+    from statsmodels.genmod import families
+    from statsmodels.genmod.generalized_linear_model import GLM
 
-    def evaluate(x):
-        key = x.tobytes()
-        if key not in cache:
-            cache.clear()
-            cache[key] = fun(x)
-        return cache[key]
-
-    result = optimize.minimize(lambda x: evaluate(x)[0], x0, jac=lambda x: evaluate(x)[1], hess=lambda x: evaluate(x)[2],
-                               method="trust-exact", options={"gtol": 1e-10, "maxiter": 500})
-    theta = np.concatenate([[0.0], result.x]) if prior_sd is None else result.x - result.x[0]
-    converged = bool(np.max(np.abs(evaluate(result.x)[1])) < 1e-7)
-    return theta, converged
-
-
-def _fit_many(ws: np.ndarray, prior_sd: float, start: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """MAP strengths (relative to the first model) for a stack of win matrices: damped Newton on all of them at
-    once (the penalised objective is strictly convex, Hessian >= I / prior_sd^2). Any that has not reached a
-    gradient below 1e-9 is refitted one by one with scipy (`_fit`)."""
-    rounds, k = ws.shape[:2]
-    precision = 1.0 / prior_sd**2
-    theta = np.tile(start - start.mean(), (rounds, 1))
-    n = ws + ws.transpose(0, 2, 1)
-    eye = np.eye(k)
-
-    def objective(t):
-        diff = t[:, :, None] - t[:, None, :]
-        return (ws * np.logaddexp(0.0, -diff)).sum(axis=(1, 2)) + 0.5 * precision * (t * t).sum(axis=1), diff
-
-    value, diff = objective(theta)
-    done = np.zeros(rounds, bool)
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-diff))
-        residual = ws * (1.0 - p)
-        grad = -(residual.sum(axis=2) - residual.sum(axis=1)) + precision * theta
-        done = np.abs(grad).max(axis=1) < 1e-9
-        if done.all():
-            break
-        weight = n * p * (1.0 - p)
-        hess = -weight + eye * (weight.sum(axis=2)[:, :, None]) + precision * eye
-        step = np.linalg.solve(hess, grad[:, :, None])[:, :, 0]
-        scale = np.ones(rounds)
-        for _halving in range(30):  # step-halving until the objective does not increase
-            trial = theta - scale[:, None] * step
-            trial_value, trial_diff = objective(trial)
-            worse = (trial_value > value + 1e-12 * np.abs(value)) & ~done
-            if not worse.any():
-                break
-            scale[worse] /= 2
-        theta, value, diff = trial, trial_value, trial_diff
-    for r in np.flatnonzero(~done):
-        theta[r], _ = _fit(ws[r], prior_sd, start)
-    return theta - theta[:, :1]
-
-
-def _method(prior_sd: float | None) -> str:
-    if prior_sd is None:
-        return "Bradley-Terry maximum likelihood, P(i beats j) = logistic(s_i - s_j), first model fixed at 0"
-    return (f"Bradley-Terry posterior mode (ridge-penalised likelihood): P(i beats j) = logistic(s_i - s_j), "
-            f"s_i ~ N(0, {prior_sd:g}^2) independently; reported relative to the first model")
-
-
-def bradley_terry(outcomes: pd.DataFrame, models: list[str], prior_sd: float | None = DEFAULT_PRIOR_SD) -> BradleyTerryResult:
-    """Strengths (log-odds scale, first model fixed at 0). `outcomes`: rows with columns winner, loser.
-
-    prior_sd=None gives the plain maximum-likelihood estimate (Hunter's MM fixed point); it does not exist
-    under separation (then `converged` is False and the strengths are where the optimiser stopped)."""
-    winners, losers = _codes(outcomes, models)
-    w = win_matrix(winners, losers, len(models))
-    theta, converged = _fit(w, prior_sd)
-    separated = not strongly_connected(w)
-    if prior_sd is None and separated:
-        converged = False
-    wins, losses = w.sum(axis=1), w.sum(axis=0)
-    return BradleyTerryResult(
-        method=_method(prior_sd), models=models, reference=models[0], prior_sd=prior_sd, comparisons=int(w.sum()),
-        strengths={m: BradleyTerryStrength(strength=float(theta[i]), wins=int(wins[i]), losses=int(losses[i]))
-                   for i, m in enumerate(models)},
-        separated=separated, separated_models=[m for i, m in enumerate(models) if wins[i] == 0 or losses[i] == 0],
-        converged=converged)
-
-
-def bradley_terry_bootstrap(outcomes: pd.DataFrame, models: list[str], *, groups: str = "session", rounds: int = 1000,
-                            seed: int = 0, level: float = 0.95, prior_sd: float = DEFAULT_PRIOR_SD) -> BradleyTerryResult:
-    """Bradley-Terry strengths with percentile CIs from resampling `groups` (all their comparisons together).
-
-    Every resample is fitted with the same prior as the point estimate, so no resample is dropped and no
-    interval end is where an optimiser happened to stop; resamples without a finite MLE are counted."""
-    if prior_sd is None:
-        raise ValueError("the bootstrap needs a prior (prior_sd): without it resamples under separation have no estimate")
-    point = bradley_terry(outcomes, models, prior_sd)
     k = len(models)
-    winners, losers, session, sessions = _codes(outcomes, models, groups)
-    per_session = np.zeros((sessions, k, k))
-    np.add.at(per_session, (session, winners, losers), 1.0)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(sessions, np.full(sessions, 1.0 / sessions), size=rounds)  # = resampling with replacement
-    draws_w = (counts @ per_session.reshape(sessions, k * k)).reshape(rounds, k, k)
-    start = np.array([point.strengths[m].strength for m in models])
-    played = draws_w.sum(axis=(1, 2)) > 0
-    draws = np.full((rounds, k), np.nan)
-    draws[played] = _fit_many(draws_w[played], prior_sd, start)
-    usable = int(played.sum())
-    separated = int((~strongly_connected(draws_w[played])).sum())
-    wins, losses = draws_w.sum(axis=2), draws_w.sum(axis=1)
-    in_play = (wins + losses) > 0
-    never_lost = (in_play & (losses == 0)).sum(axis=0)
-    never_won = (in_play & (wins == 0)).sum(axis=0)
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0) if usable else (np.full(k, np.nan),) * 2
-    strengths = {m: point.strengths[m].model_copy(update={"ci_low": float(low[i]), "ci_high": float(high[i]),
-                                                          "never_lost_resamples": int(never_lost[i]),
-                                                          "never_won_resamples": int(never_won[i])})
-                 for i, m in enumerate(models)}
-    method = point.method + f"; {level:.0%} percentile intervals from {rounds} resamples of {groups}s, each fitted with the same prior"
-    return point.model_copy(update={
-        "method": method, "strengths": strengths,
-        "bootstrap": BradleyTerryBootstrap(rounds=rounds, usable=usable, separated_resamples=separated, seed=seed,
-                                           level=level, unit=groups)})
+    winners, losers = _codes(outcomes, models)
+    w = win_matrix(winners, losers, k)
+    wins, losses = w.sum(axis=1), w.sum(axis=0)
+    counts = {m: BradleyTerryStrength(strength=None, wins=int(wins[i]), losses=int(losses[i])) for i, m in enumerate(models)}
+    clusters = pd.factorize(outcomes[groups])[0] if groups is not None and len(outcomes) else np.zeros(len(outcomes), int)
+    personas = int(clusters.max() + 1) if groups is not None and len(clusters) else 0
+    base = dict(method=_method(level, groups is not None), models=models, reference=models[0], comparisons=int(w.sum()),
+                personas=personas, level=level, unit=groups or "comparison")
+    if not strongly_connected(w):
+        separated = [m for i, m in enumerate(models) if wins[i] == 0 or losses[i] == 0]
+        what = {i: "no comparison" if wins[i] + losses[i] == 0 else "won every comparison" if losses[i] == 0
+                else "lost every comparison" for i in range(k)}
+        named = "; ".join(f"{m} {what[i]}" for i, m in enumerate(models) if m in separated)
+        reason = ("separated (" + (named if separated else "the models split into groups that beat each other one way "
+                                   "only") + "): the maximum-likelihood strengths do not exist, so no strength and no "
+                  "interval is reported")
+        return BradleyTerryResult(**base, strengths=counts, separated=True, separated_models=separated, converged=False,
+                                  absent_reason=reason)
+    a, b = np.minimum(winners, losers), np.maximum(winners, losers)
+    y = (winners == a).astype(float)  # 1: the lower-indexed model of the pair won
+    x = np.zeros((len(y), k))
+    x[np.arange(len(y)), a] += 1.0
+    x[np.arange(len(y)), b] -= 1.0
+    model = GLM(y, x[:, 1:], family=families.Binomial())
+    clustered = groups is not None and personas >= 2
+    fit = (model.fit(cov_type="cluster", cov_kwds={"groups": clusters}, use_t=True) if clustered else model.fit())
+    estimate = np.concatenate([[0.0], np.asarray(fit.params, float)])
+    strengths = {models[0]: counts[models[0]].model_copy(update={"strength": 0.0, "se": 0.0, "ci_low": 0.0, "ci_high": 0.0})}
+    if clustered:
+        se = np.asarray(fit.bse, float)
+        low, high = np.asarray(fit.conf_int(alpha=1 - level), float).T
+    for i, m in enumerate(models[1:]):
+        update = {"strength": float(estimate[i + 1])}
+        if clustered:
+            update |= {"se": float(se[i]), "ci_low": float(low[i]), "ci_high": float(high[i])}
+        strengths[m] = counts[m].model_copy(update=update)
+    return BradleyTerryResult(**base, df=personas - 1 if clustered else None, strengths=strengths, separated=False,
+                              separated_models=[], converged=bool(fit.converged))
 
 
 def pairwise_outcomes(table: pd.DataFrame, conditions: list[str], better: str, tie_margin: float = 0.0) -> pd.DataFrame:
-    """Every matched session x pair of conditions as a winner/loser row (ties dropped)."""
+    """Every matched session x pair of conditions as a winner/loser row (ties dropped), with the session's persona
+    (the table's persona column, or the session key's persona part)."""
     wide = table.pivot_table(index="session", columns="condition", values="value", aggfunc="first")
+    if "persona" in table:
+        persona = table.drop_duplicates("session").set_index("session")["persona"].astype(str)
+    else:
+        persona = pd.Series({s: persona_of(str(s)) for s in wide.index})
     sign = 1 if better == "higher" else -1
     frames = []
     for a, b in itertools.combinations(conditions, 2):
@@ -292,5 +240,7 @@ def pairwise_outcomes(table: pd.DataFrame, conditions: list[str], better: str, t
         frames.append(pd.DataFrame({"session": pair.index[lost], "winner": b, "loser": a}))
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=["session", "winner", "loser"])
-    return pd.concat(frames, ignore_index=True)[["session", "winner", "loser"]]
+        return pd.DataFrame(columns=["session", "persona", "winner", "loser"])
+    out = pd.concat(frames, ignore_index=True)
+    out["persona"] = out["session"].map(persona).to_numpy()
+    return out[["session", "persona", "winner", "loser"]]
