@@ -149,14 +149,67 @@ def test_tiny_spread_needs_the_minimum_and_never_crashes():
     assert sessions_needed(0.0, 0.25, alpha=0.05, power=0.8) == 2
 
 
-def test_plan_command_states_both_figures(tmp_path):
+def test_plan_command_answers_in_personas_and_replicates(tmp_path):
     from evalkit.statistics.noninferiority import plan
 
+    # A total per-session SD alone: all of it counted between personas (conservative), one replicate.
     result = run_cli("plan", "--metric", "tes.total", "--sd", "0.5", "--margin", "0.25")
-    expected = plan(0.5, 0.25)
-    assert result.code == 0 and f"{sessions_needed(0.5, 0.25, 0.05, 0.8)} sessions" in result.output
-    assert f"{expected.n_detect} sessions" in result.output and "to exit 'regression'" in result.output
+    expected = plan(0.25, var_between=0.25)
+    assert result.code == 0, result.output
+    assert f"{expected.n_pass} personas x 1 replicate ({expected.n_pass} sessions)" in result.output
+    assert f"{expected.n_detect} personas x 1" in result.output and "to exit 'regression'" in result.output
+    assert "counted as between-persona" in result.output and "scoring floor 0.35" in result.output
+    # Between and within given: the SD of a persona mean at 3 replicates is sqrt(0.4^2 + 0.4^2 / 3).
+    split = run_cli("plan", "--metric", "tes.total", "--sd-between", "0.4", "--sd-within", "0.4", "--replicates", "3",
+                    "--margin", "0.4")
+    three = plan(0.4, var_between=0.16, var_within=0.16, replicates=3)
+    assert split.code == 0 and f"{three.n_pass} personas x 3 replicates ({3 * three.n_pass} sessions)" in split.output
+    assert f"{math.sqrt(0.16 + 0.16 / 3):.3f}" in split.output and "by replicates per persona" in split.output
+    assert_one_line_error(run_cli("plan", "--metric", "tes.total", "--margin", "0.2"), "two stored runs of different models")
+    assert_one_line_error(run_cli("plan", "--metric", "tes.total", "--sd-within", "0.2", "--margin", "0.2"), "--sd-within")
+
+
+def test_plan_from_two_runs_of_different_models_uses_their_variance_components(tmp_path):
     baseline, candidate = _pair(tmp_path, 0.0)
-    from_runs = run_cli("plan", "--metric", "psychocounsel.overall", "--margin", "0.1", "--run", baseline, "--run", candidate)
-    assert from_runs.code == 0 and "persona means" in from_runs.output, from_runs.output
-    assert_one_line_error(run_cli("plan", "--metric", "tes.total", "--margin", "0.2"), "SD of paired differences or two stored runs")
+    result = run_cli("plan", "--metric", "psychocounsel.overall", "--run", baseline, "--run", candidate)
+    assert result.code == 0, result.output
+    assert "x 2 replicates" in result.output and "REML on 20 matched differences of 10 personas" in result.output
+    assert "margin 0.3" in result.output.lower()  # the suite's gate margin by default
+
+
+def test_plan_refuses_two_runs_of_the_same_model(tmp_path):
+    """docs/ci.md once suggested `plan --run baseline --run baseline-repeat`: a repeat cancels the persona x model variance,
+    and plan said 3 personas where 21 were needed."""
+    first = write_run(tmp_path / "baseline", effect=0.0, persona_effects=PERSONAS, seed=1, therapist="model-v3")
+    again = write_run(tmp_path / "baseline-repeat", effect=0.0, persona_effects=PERSONAS, seed=2, therapist="model-v3")
+    assert_one_line_error(run_cli("plan", "--metric", "psychocounsel.overall", "--run", first, "--run", again),
+                          "--run", "same model", "model-v3")
+
+
+def test_gate_reports_the_scoring_floor_and_warns_when_a_margin_is_below_it(tmp_path):
+    baseline, candidate = _pair(tmp_path, 0.0)
+    assert run_cli("gate", "--baseline", baseline, "--candidate", candidate).code == 0
+    report = json.loads((candidate / "gate.json").read_text())
+    metric = report["metrics"]["psychocounsel.overall"]
+    assert report["unit"] == "persona" and metric["unit"] == "persona" and metric["decision"]["unit"] == "persona"
+    assert metric["family"] == "primary"  # psychocounsel declares its overall mean primary
+    assert metric["scoring_floor"] == pytest.approx(0.25) and metric["margin"] >= metric["scoring_floor"]
+    assert not [w for w in report["warnings"] if "floor" in w]
+    tight = run_cli("gate", "--baseline", baseline, "--candidate", candidate, "--margin", "0.2")
+    assert "below the scoring floor 0.25" in tight.output
+    assert any("below the scoring floor" in w for w in json.loads((candidate / "gate.json").read_text())["warnings"])
+
+
+def test_every_suite_margin_is_at_least_its_scoring_floor():
+    """Expected-value scoring leaves a floor: a flawless ACT-FM session rated with 90% confidence per item gets 2.4 on the
+    inconsistency total, above the act-fm margin of 2.0 it had. Each built-in margin must be at least its floor."""
+    from evalkit.analysis.plan import scoring_floor
+    from evalkit.content.suites import available_suites, load_suite
+
+    floors = {}
+    for name in available_suites():
+        loaded = load_suite(name)
+        for metric, margin in (loaded.suite.gate.metrics.items() if loaded.suite.gate else []):
+            floors[metric] = scoring_floor(loaded.rubrics, metric)
+            assert margin >= floors[metric], (name, metric, margin, floors[metric])
+    assert floors["act-fm.inconsistency_total"] == pytest.approx(2.4) and floors["act-fm.consistency_total"] == pytest.approx(2.6)

@@ -124,3 +124,12 @@ def test_the_command_writes_its_report_exits_by_verdict_and_a_run_records_it(tmp
     with pytest.raises(evalkit.EvalkitError, match="it checked judge"):
         evalkit.run(mocks["therapist"], "psychocounsel", judge=MockBackend(model="other"), sessions=2, out=tmp_path / "run2",
                     judge_check=out / "judge-check.json", report=False)
+    unchecked = evalkit.run(mocks["therapist"], "psychocounsel", judge=MockBackend(model="j"), sessions=2,
+                            out=tmp_path / "unchecked", report=False)
+    report, _ = evalkit.gate(unchecked.directory, run.directory, report=False)
+    assert any(w.startswith("baseline: the judge has not been checked") for w in report.warnings), report.warnings
+    assert any(w.startswith("candidate: the judge FAILED its fitness check") and "(tes)" in w
+               for w in report.warnings), report.warnings
+    same, _ = evalkit.gate(unchecked.directory, unchecked.directory, out=tmp_path / "same", report=False)
+    assert [w for w in same.warnings if "judge" in w and "check" in w] == [
+        "both runs: the judge has not been checked on evalkit's vignettes (evalkit judge check, then --judge-check)"]

@@ -16,13 +16,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from evalkit.analysis.runs import Run, incompatibilities, load_run, metric_better, metric_rows, rubrics_of
+from evalkit.analysis.plan import FLOOR_CONFIDENCE, floor_warning, scoring_floor
+from evalkit.analysis.runs import Run, compatibility, judge_fitness_warning, left_out, load_run, metric_better, metric_rows, rubrics_of
 from evalkit.analysis.summary import critical_failure
 from evalkit.content.suites import GateDefaults
-from evalkit.core.errors import ConfigError, EvalkitError
+from evalkit.core.errors import ConfigError
 from evalkit.core.fileio import ensure_directory, write_atomic
-from evalkit.statistics.noninferiority import decide, persona_of, plan, plan_from_differences
-from evalkit.statistics.results import NoninferiorityDecision, PlanResult
+from evalkit.statistics.noninferiority import decide, persona_of
+from evalkit.statistics.results import NoninferiorityDecision
 
 EXIT = {"pass": 0, "regression": 1, "undecided": 2}
 Verdict = Literal["pass", "regression", "undecided"]
@@ -39,6 +40,12 @@ class MetricVerdict(_Model):
     margin: float | None = None
     sessions: int = Field(0, description="baseline sessions the metric is gated over")
     invalid_share: float | None = Field(None, description="share of those sessions without a valid score in either run")
+    unit: str = Field("persona", description="the unit of the test: drops averaged within persona, t over personas")
+    family: str = Field("primary", description="primary when the suite declares the metric primary, else exploratory; "
+                        "each gated metric is a test of its own (a regression on any one fails the gate, so no "
+                        "multiplicity adjustment makes a regression harder to call)")
+    scoring_floor: float | None = Field(None, description=f"what a flawless session scores away from the best value at "
+                                        f"{FLOOR_CONFIDENCE:.0%} judge confidence (expected-value scoring), metric units")
     decision: NoninferiorityDecision | None = None
 
 
@@ -46,6 +53,9 @@ class CriticalVerdict(_Model):
     rubric: str
     verdict: Verdict
     reason: str
+    unit: str = Field("session", description="a rule, not a test: any new critical failure in a matched session where the "
+                      "risk surfaced is a regression")
+    family: str = "primary"
     sessions: int = Field(description="matched sessions in which the candidate's risk surfaced")
     not_surfaced: int = Field(0, description="candidate sessions in which the risk never surfaced (not counted as safe)")
     new_failures: list[str] = []
@@ -68,9 +78,11 @@ class GateReport(_Model):
     suite: str
     verdict: Verdict
     reason: str
+    unit: str = Field("persona", description="the unit of replication of every test")
     metrics: dict[str, MetricVerdict] = {}
     critical: dict[str, CriticalVerdict] = {}
     settings: GateSettings | None = None
+    warnings: list[str] = []
 
 
 def _critical_check(baseline: Run, candidate: Run, rubric_id: str, rubrics) -> CriticalVerdict:
@@ -101,17 +113,21 @@ def _critical_check(baseline: Run, candidate: Run, rubric_id: str, rubrics) -> C
                            new_failures=new)
 
 
-def _preconditions(base: Run, cand: Run, require_validated_judge: bool) -> list[str]:
+def _preconditions(base: Run, cand: Run, require_validated_judge: bool) -> tuple[list[str], list[str]]:
+    """(refusals, warnings) before any statistics."""
     problems = []
     for run in (base, cand):
         if run.manifest.status != "complete":
             problems.append(f"the {run.name} run is {run.manifest.status}, not complete (finish it with the same command)")
     if require_validated_judge:
         problems += [f"{run.directory} records no judge validation report" for run in (base, cand) if not run.manifest.judge_validation]
-    problems += incompatibilities([base, cand])
-    if base.judge_identity != cand.judge_identity:
-        problems.append("the runs were scored by different judges (rescore one with evalkit rescore)")
-    return problems
+    refuse, warnings = compatibility([base, cand])
+    fitness = {run.name: judge_fitness_warning(run.manifest) for run in (base, cand)}
+    if fitness["baseline"] and fitness["baseline"] == fitness["candidate"]:
+        warnings.append(f"both runs: {fitness['baseline']}")
+    else:
+        warnings += [f"{name}: {text}" for name, text in fitness.items() if text]
+    return problems + refuse, warnings
 
 
 def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | None = None, margin: float | None = None,
@@ -141,7 +157,7 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
                             skip_critical=sorted(skip_critical or []))
     report = GateReport(created_at=datetime.now(timezone.utc), baseline=str(base.directory), candidate=str(cand.directory),
                         suite=base.manifest.config.suite.id, verdict="undecided", reason="", settings=settings)
-    problems = _preconditions(base, cand, require_validated_judge)
+    problems, report.warnings = _preconditions(base, cand, require_validated_judge)
     chosen = metrics or list(defaults.metrics)
     if not problems and not chosen:
         problems.append(f"suite '{report.suite}' declares no gate metrics; pass a metric")
@@ -160,10 +176,18 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
     table = metric_rows([base, cand])
     known = set(table["metric"])
     if missing := [m for m in chosen if m not in known]:
-        report.reason = f"metric {missing[0]} is not a metric of these runs" + _left_out(base, cand)
+        report.reason = f"metric {missing[0]} is not a metric of these runs" + left_out(base, cand)
         return _write(report, out_dir), out_dir
+    from evalkit.analysis.compare import primary_metrics
+
+    declared = set(primary_metrics([base, cand])[0])
     for metric in chosen:
-        report.metrics[metric] = _metric_verdict(metric, table, margins[metric], settings, metric_better(rubrics, metric))  # type: ignore[arg-type]
+        verdict = _metric_verdict(metric, table, margins[metric], settings, metric_better(rubrics, metric))  # type: ignore[arg-type]
+        verdict.scoring_floor = scoring_floor(rubrics, metric)
+        verdict.family = "primary" if metric in declared else "exploratory"
+        if (text := floor_warning(metric, margins[metric], verdict.scoring_floor)) is not None:  # type: ignore[arg-type]
+            report.warnings.append(text)
+        report.metrics[metric] = verdict
     for rubric_id in critical:
         if rubric_id not in settings.skip_critical:
             report.critical[rubric_id] = _critical_check(base, cand, rubric_id, rubrics)
@@ -173,12 +197,6 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
                if v.verdict == report.verdict and report.verdict != "pass"]
     report.reason = "; ".join(failing) if failing else "every gated metric is non-inferior"
     return _write(report, out_dir), out_dir
-
-
-def _left_out(*runs: Run) -> str:
-    """Why sessions are missing from the analysis, when some are: it is often why a metric has no sessions."""
-    parts = [f"{run.name}: {n} {why}" for run in runs for why, n in run.excluded.items()]
-    return f" (sessions left out: {'; '.join(parts)}; --include-flagged keeps flagged ones)" if parts else ""
 
 
 async def gate_async(baseline: str | Path, candidate: str | Path, **kwargs) -> tuple[GateReport, Path]:
@@ -258,51 +276,21 @@ def markdown(report: GateReport) -> str:
              f"Suite `{report.suite}` · candidate `{report.candidate}` vs baseline `{report.baseline}`", "",
              f"**{report.reason}**", ""]
     if report.metrics:
-        lines += ["| metric | verdict | personas | sessions | mean drop | upper bound | margin | needed |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| metric | verdict | personas | sessions | mean drop | upper bound | margin | scoring floor | personas needed |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for metric, v in report.metrics.items():
             d = v.decision
             lines.append(f"| `{metric}` | {v.verdict} | {d.personas if d else '—'} | {d.n if d else v.sessions} | "
                          f"{_num(d.mean_drop if d else None)} | {_num(d.upper_bound if d else None)} | {v.margin if v.margin is not None else '—'} | "
-                         f"{d.sessions_needed if d else '—'} |")
+                         f"{_num(v.scoring_floor)} | {f'{d.personas_needed} ({d.sessions_needed} sessions)' if d else '—'} |")
     for rubric, c in report.critical.items():
         lines.append(f"\n`{rubric}` critical failures: {c.verdict} — {c.reason} (risk not surfaced in {c.not_surfaced})")
     if report.settings:
         s = report.settings
         lines += ["", f"One-sided alpha {s.alpha:g}, power {s.power:g}, invalid limit {s.max_invalid_rate:.0%} per metric, "
                       f"shared sessions at least {s.min_shared:.0%}, flagged sessions {'kept' if s.include_flagged else 'left out'}. "
-                      "Drops are baseline − candidate in the metric's better direction, averaged within persona."]
+                      "Drops are baseline − candidate in the metric's better direction, averaged within persona; the test "
+                      "is over personas (t on personas − 1 df). Scoring floor: a flawless session's distance from the best "
+                      f"value at {FLOOR_CONFIDENCE:.0%} judge confidence."]
+    lines += [f"- ⚠️ {w}" for w in report.warnings]
     return "\n".join(lines) + "\n"
-
-
-def plan_sessions(metric: str, margin: float, *, sd: float | None = None, runs: list[Path] | None = None,
-                  detect: float | None = None, power: float = 0.8, alpha: float = 0.05,
-                  include_flagged: bool | None = None) -> PlanResult:
-    """`evalkit plan`: sessions to pass an equal candidate and to detect a given drop, each with probability `power`."""
-    if (sd is None) == (not runs):
-        raise ConfigError("plan: give either an SD of paired differences or two stored runs")
-    if not margin > 0:
-        raise ConfigError(f"margin {margin}: expected a positive number")
-    if not 0 < power < 1 or not 0 < alpha < 0.5:
-        raise ConfigError("power and alpha: expected power in (0, 1) and alpha in (0, 0.5)")
-    if sd is not None and not sd > 0:
-        raise ConfigError(f"sd {sd}: expected a positive number")
-    if detect is not None and not detect > 0:
-        raise ConfigError(f"detect {detect}: expected a positive drop")
-    if sd is not None:
-        return plan(sd, margin, alpha, power, detect)
-    if len(runs) != 2:  # type: ignore[arg-type]
-        raise ConfigError("run: give two stored runs of the same suite (their matched per-session differences set the SD)")
-    loaded = [load_run(r, name=f"run{i}", include_flagged=include_flagged) for i, r in enumerate(runs)]  # type: ignore[arg-type]
-    if problems := incompatibilities(loaded):
-        raise EvalkitError(f"runs are not comparable: {'; '.join(problems)}")
-    table = metric_rows(loaded)
-    table = table[table["metric"] == metric].dropna(subset=["value"])
-    if table.empty:
-        raise EvalkitError(f"metric {metric} has no valid scores in {', '.join(map(str, runs))}"  # type: ignore[arg-type]
-                           + _left_out(*loaded))
-    wide = table.pivot_table(index="session", columns="condition", values="value").dropna()
-    if len(wide) < 2 or wide.shape[1] < 2:
-        raise EvalkitError(f"metric {metric}: the two runs share fewer than two scored sessions")
-    return plan_from_differences((wide["run0"] - wide["run1"]).to_numpy(), margin, alpha, power, detect,
-                                 personas=[persona_of(s) for s in wide.index])
