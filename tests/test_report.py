@@ -172,3 +172,18 @@ def test_the_numbers_shown_are_the_summary_numbers_and_directions_are_stated(bro
     page.page.check("#f-side")
     assert page.page.locator(".side").count() == 2 and page.page.locator(".side").first.locator(".column").count() == 2
     assert page.errors == []
+
+
+def test_safety_figures_count_only_surfaced_sessions_and_each_scale_gets_its_own_axis(tmp_path):
+    """The safety histogram and heatmap count the sessions the summary counts (risk surfaced), not every risk
+    session; pass/fail and 0-3 items are drawn on their own axes; the transcript browser names its personas."""
+    personas = {p.id: 0.0 for p in load_personas() if p.risk_level == "high"}
+    quiet = write_run(tmp_path / "quiet", effect=0.0, persona_effects=personas, rubric_id="safety", surfaced=0.1)
+    loud = write_run(tmp_path / "loud", effect=0.0, persona_effects=personas, rubric_id="safety", surfaced=0.9)
+    for run, counted in ((quiet, 0), (loud, 2 * len(personas))):
+        assert run_cli("report", run).code == 0
+        html = (run / "report.html").read_text()
+        assert f"{run.name} (n = {counted})" in html, run.name
+        assert "items scored 0–1" in html and "items scored 0–3" in html
+        name = next(p for p in load_personas() if p.id in personas).name
+        assert f'"name":"{name} (' in html

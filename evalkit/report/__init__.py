@@ -19,10 +19,11 @@ from typing import Any, TextIO
 import jinja2
 import numpy as np
 
+from evalkit.analysis.runs import judge_fitness_warning
 from evalkit.analysis.summary import CRITICAL_RULE
 from evalkit.content.rubrics import Rubric
 from evalkit.core.errors import EvalkitError
-from evalkit.core.fileio import iter_jsonl, read_text
+from evalkit.core.fileio import iter_jsonl, read_text, refuse_non_file
 from evalkit.report import plots
 from evalkit.store.records import ItemScore, Stat, Summary
 from evalkit.store.rundir import SCORES, RunDir
@@ -46,9 +47,11 @@ def _client_info(runs: list[_Run]) -> dict[str, dict[str, str]]:
     info: dict[str, dict[str, str]] = {}
     for run in runs:
         for p in run.suite.personas:
-            info.setdefault(p.id, {"archetype": p.archetype, "risk": p.risk_type, "problem": p.presenting_problem})
+            info.setdefault(p.id, {"archetype": p.archetype, "risk": p.risk_type, "problem": p.presenting_problem,
+                                   "name": f"{p.name} ({p.presenting_problem})"})
         for u in run.suite.utterances:
-            info.setdefault(u.id, {"archetype": u.topic, "risk": "risk cue" if u.risk else "none", "problem": u.topic})
+            info.setdefault(u.id, {"archetype": u.topic, "risk": "risk cue" if u.risk else "none", "problem": u.topic,
+                                   "name": f"{u.id} ({u.topic})"})
     return info
 
 
@@ -65,6 +68,13 @@ class _Run:
         self.store = store
         self.sources = store.sources()
         self.values = store.score_values()
+        from evalkit.analysis.runs import inclusion_of
+        from evalkit.analysis.sessions import session_views
+
+        # Figures count exactly the sessions the summary counts (inclusion policy; risk rubrics only where risk surfaced).
+        self.analysed = {v.session_id: v.analysed() for v in session_views(
+            store.iter_transcripts(), self.values, self.suite, inclusion=inclusion_of(manifest, self.suite),
+            threshold=manifest.config.adherence_threshold)}
 
     def browser_scores(self) -> dict[str, str]:
         """session -> JSON object of "rubric.item": [score or null, [probabilities]], streamed from disk."""
@@ -91,11 +101,8 @@ def _run_header(run: _Run) -> dict[str, Any]:
                         "(kept in the statistics; their simulated client was never checked)")
     if adherence and adherence.per_check:
         warnings.append("persona checks, pass rate per kind: " + ", ".join(f"{c} {r:.0%}" for c, r in adherence.per_check.items()))
-    if m.judge_check is None:
-        warnings.append("the judge has not been checked on evalkit's vignettes (evalkit judge check, then --judge-check)")
-    elif m.judge_check.get("verdict") != "fit":
-        unfit = [r for r, i in m.judge_check.get("instruments", {}).items() if i.get("verdict") != "fit"]
-        warnings.append(f"the judge FAILED its fitness check on the vignettes ({', '.join(unfit)}): its scores are not evidence")
+    if fitness := judge_fitness_warning(m):
+        warnings.append(fitness)
     if m.counts.truncated_sessions:
         warnings.append(f"{m.counts.truncated_sessions} sessions have a therapist turn cut off by max_tokens")
     if m.counts.reasoning_turns:
@@ -136,8 +143,9 @@ def _cell(stat: Stat | None) -> dict[str, Any]:
             "high": repr(stat.ci_high) if stat.ci_high is not None else "", "n": stat.n, "invalid": stat.n_invalid}
 
 
-def _score_rows(rubric: Rubric, runs: list[_Run]) -> list[dict[str, Any]]:
-    """Composites then items: readable name, what it is, direction of good, range, and each run's mean [CI] (n, invalid)."""
+def _score_rows(rubric: Rubric, runs: list[_Run], supported: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Composites then items: readable name, what it is, direction of good, range, and each run's mean [CI] (n, invalid).
+    A run is marked best only where a comparison showed it better than every other run (`supported`: metric -> run)."""
     rows = []
     summaries = {run.name: run.summary.rubrics.get(rubric.id) for run in runs}
     entries = [(c.id, c.name, "composite" + (f" ({c.source.split('.')[0]})" if c.source else ""), c.better) for c in rubric.composites]
@@ -155,11 +163,7 @@ def _score_rows(rubric: Rubric, runs: list[_Run]) -> list[dict[str, Any]]:
             stat = None if summary is None else (summary.composites.get(score_id) or summary.items.get(score_id))
             cells.append({"run": run.name, **_cell(stat)})
         low, high = rubric.range_of(score_id)
-        means = [float(c["mean"]) for c in cells if c["mean"]]
-        best = None
-        if len(runs) > 1 and means:
-            target = max(means) if better == "higher" else min(means)
-            best = next(c["run"] for c in cells if c["mean"] and float(c["mean"]) == target)
+        best = (supported or {}).get(f"{rubric.id}.{score_id}") if len(runs) > 1 else None
         rows.append({"id": score_id, "metric": f"{rubric.id}.{score_id}", "name": name, "kind": kind,
                      "direction": _direction(better), "arrow": "↑" if better == "higher" else "↓",
                      "range": f"{low:g}–{high:g}", "cells": cells, "best": best, "composite": kind.startswith("composite")})
@@ -173,10 +177,11 @@ def _goodness(value: float, rubric: Rubric, score_id: str) -> float:
     return position if rubric.better(score_id) == "higher" else 1 - position
 
 
-def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, str]]) -> dict[str, Any]:
+def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, str]],
+                    supported: dict[str, str] | None = None) -> dict[str, Any]:
     summaries = {run.name: run.summary.rubrics.get(rubric.id) for run in runs}
     section: dict[str, Any] = {"id": rubric.id, "name": rubric.name, "version": rubric.version, "heatmaps": [],
-                               "rows": _score_rows(rubric, runs), "source": rubric.source.strip(), "notes": rubric.notes.strip(),
+                               "rows": _score_rows(rubric, runs, supported), "source": rubric.source.strip(), "notes": rubric.notes.strip(),
                                "applies_to": next((r.summary.rubrics[rubric.id].applies_to for r in runs if rubric.id in r.summary.rubrics), "all")}
     names = {c.id: c.name for c in rubric.composites} | {i.id: i.name for i in rubric.items}
     composites = [c.id for c in rubric.composites]
@@ -202,16 +207,23 @@ def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, 
                           for i in rubric.items] for name, s in summaries.items()}
     labels = [f"{i.number}. {i.name}" if i.number else i.name for i in rubric.items]
     labels = [f"{label} ({'↑' if rubric.better(i.id) == 'higher' else '↓'})" for label, i in zip(labels, rubric.items, strict=True)]
-    shared = None if any(i.scale for i in rubric.items) else (float(rubric.scale.min), float(rubric.scale.max))
-    section["items_svg"] = plots.dot_ci(labels, item_series, shared, f"{rubric.id}: item profile (dot: mean; bar: 95% CI; "
-                                                                    "↑ higher / ↓ lower is better)")
+    by_range: dict[tuple[float, float], list[int]] = defaultdict(list)
+    for index, item in enumerate(rubric.items):
+        scale = rubric.scale_of(item)
+        by_range[(float(scale.min), float(scale.max))].append(index)
+    section["items_svg"] = "".join(
+        plots.dot_ci([labels[i] for i in indices], {name: [series[i] for i in indices] for name, series in item_series.items()},
+                     value_range, f"{rubric.id}: item profile, items scored {value_range[0]:g}–{value_range[1]:g} "
+                                  "(dot: mean; bar: 95% CI; ↑ higher / ↓ lower is better)")
+        for value_range, indices in by_range.items())
     for run in runs[-MAX_HEATMAPS:]:
         per_persona: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for sid, rows in run.values.items():
+        for sid, values in run.analysed.items():
             source = run.sources.get(sid, sid)
-            for row in rows:
-                if row.rubric == rubric.id and row.valid and row.expected is not None:
-                    per_persona[source][row.item].append(row.expected)
+            for item in rubric.items:
+                value = values.get(f"{rubric.id}.{item.id}")
+                if value is not None:
+                    per_persona[source][item.id].append(value)
         if not per_persona:
             continue
         personas = sorted(per_persona, key=lambda p: (info.get(p, {}).get("archetype", ""), p))
@@ -224,12 +236,9 @@ def _rubric_section(rubric: Rubric, runs: list[_Run], info: dict[str, dict[str, 
 
 
 def _session_values(run: _Run, rubric: Rubric, score_id: str) -> list[float | None]:
-    out = []
-    for rows in run.values.values():
-        values = {r.item: (r.expected if r.valid else None) for r in rows if r.rubric == rubric.id}
-        if values:
-            out.append(rubric.composite_scores(values).get(score_id))
-    return out
+    """A score per session the summary counts (not excluded; for risk rubrics, only where the risk surfaced)."""
+    metric = f"{rubric.id}.{score_id}"
+    return [values[metric] for values in run.analysed.values() if metric in values]
 
 
 def _write_sessions(handle: TextIO, runs: list[_Run], info: dict[str, dict[str, str]]) -> None:
@@ -244,7 +253,7 @@ def _write_sessions(handle: TextIO, runs: list[_Run], info: dict[str, dict[str, 
         for t in run.store.iter_transcripts():
             about = info.get(t.source_id, {})
             rate = session_adherence(run.values.get(t.session_id, []), threshold).rate if threshold is not None else None
-            entry = {"run": run.name, "id": t.session_id, "key": t.key, "persona": t.source_id,
+            entry = {"run": run.name, "id": t.session_id, "key": t.key, "persona": t.source_id, "name": about.get("name", t.source_id),
                      "archetype": about.get("archetype", "unknown"), "risk": about.get("risk", "unknown"), "stop": t.stop_reason,
                      "turns": [[x.role, x.content, x.truncated] for x in t.turns], "scores": None,
                      "adherence": None if rate is None else round(rate, 3)}
@@ -262,8 +271,11 @@ def _filters(runs: list[_Run], info: dict[str, dict[str, str]]) -> dict[str, lis
 
 
 def _embed(data: Any) -> str:
-    """JSON for a <script type="application/json"> element: "</" would end the element early, "<\\/" is the same JSON."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """JSON for a <script type="application/json"> element. Every "<", ">" and "&" is written as its \\u escape (the
+    same JSON): "</script" would end the element early, and "<!--" with "<script" would make the parser look for a
+    second closing tag, swallowing the rest of the page."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _safety(runs: list[_Run]) -> list[dict[str, Any]]:
@@ -272,7 +284,7 @@ def _safety(runs: list[_Run]) -> list[dict[str, Any]]:
         for rubric_id, rs in run.summary.rubrics.items():
             c = rs.critical_failures
             if c and c.risk_sessions:
-                share = "—" if c.share is None else f"{c.share:.0%} ({c.ci_low:.0%}–{c.ci_high:.0%})"
+                share = "—" if c.share is None else f"{c.share:.0%} ({c.ci_low:.0%}–{c.ci_high:.0%})"  # clustered by persona
                 rows.append({"run": run.name, "rubric": rubric_id, "with_failure": c.with_failure, "sessions": c.sessions,
                              "share": share, "n_invalid": c.n_invalid, "surfaced": c.surfaced, "risk_sessions": c.risk_sessions,
                              "not_surfaced": c.not_surfaced, "warning": c.warning or "", "bad": bool(c.with_failure)})
@@ -288,49 +300,75 @@ def _gate(gate: dict[str, Any] | None) -> dict[str, Any] | None:
         d = r.get("decision") or {}
         metrics.append({"metric": m, "verdict": r["verdict"], "css": css[r["verdict"]], "n": d.get("n", r.get("sessions")),
                         "personas": d.get("personas", "—"), "mean_drop": _fmt(d.get("mean_drop"), 3),
-                        "upper_bound": _fmt(d.get("upper_bound"), 3), "margin": r.get("margin", "—"), "reason": r.get("reason", "")})
+                        "upper_bound": _fmt(d.get("upper_bound"), 3), "margin": r.get("margin", "—"),
+                        "floor": _fmt(r.get("scoring_floor"), 3), "needed": d.get("personas_needed", "—"),
+                        "reason": r.get("reason", "")})
     for rubric, c in (gate.get("critical") or {}).items():
         metrics.append({"metric": f"{rubric}.critical_failures", "verdict": c["verdict"], "css": css[c["verdict"]],
                         "n": c.get("sessions"), "personas": "—", "mean_drop": "—", "upper_bound": "—", "margin": "—",
-                        "reason": c.get("reason", "")})
-    return {"verdict": gate["verdict"], "css": css[gate["verdict"]], "reason": gate["reason"], "metrics": metrics}
+                        "floor": "—", "needed": "—", "reason": c.get("reason", "")})
+    return {"verdict": gate["verdict"], "css": css[gate["verdict"]], "reason": gate["reason"], "metrics": metrics,
+            "warnings": gate.get("warnings") or []}
+
+
+def _supported_best(comparison: dict[str, Any] | None) -> dict[str, str]:
+    """metric -> the run the comparison showed better than every other one (family-adjusted p < alpha)."""
+    if not comparison:
+        return {}
+    return {m: r["best"] for m, r in comparison["metrics"].items() if r.get("best")}
 
 
 def _comparison(comparison: dict[str, Any] | None, rubrics: list[Rubric]) -> dict[str, Any] | None:
     if not comparison:
         return None
     conditions = list(comparison["runs"])
-    composites = {f"{r.id}.{c.id}" for r in rubrics for c in r.composites}
     names = {f"{r.id}.{i.id}": i.name for r in rubrics for i in r.items} | {f"{r.id}.{c.id}": c.name for r in rubrics for c in r.composites}
-    omnibus, forests, wins, bt = [], [], [], []
+    families: dict[str, list[dict[str, Any]]] = {"primary": [], "exploratory": []}
+    forests, wins, bt = [], [], []
     for metric, r in comparison["metrics"].items():
-        mm, fr, kw = r.get("mixed_model") or {}, r.get("friedman") or {}, r.get("kruskal_wallis") or {}
+        mm, fr = r.get("mixed_model") or {}, r.get("friedman") or {}
         emms = mm.get("emms") or {}
-        means = [_fmt((emms.get(c) or {}).get("mean") if emms else r["means"].get(c)) for c in conditions]
-        omnibus.append({"metric": metric, "name": names.get(metric, metric), "arrow": "↑" if r["better"] == "higher" else "↓",
-                        "means": means, "best": r.get("best") or "—",
-                        "f": f"{mm['f_statistic']:.2f} ({mm['df']}, {mm['df_denominator']:.0f})" if mm else "—",
-                        "p": _p(mm.get("p_value")), "friedman_p": _p(fr.get("p_value")), "kw_p": _p(kw.get("p_value")),
-                        "icc": _fmt(mm.get("icc")), "why": r.get("mixed_model_error") or fr.get("absent_reason") or ""})
-        if metric in composites and mm.get("contrasts"):
-            rows = [(f"{c['a']} − {c['b']}", c["estimate"], c["ci_low"], c["ci_high"]) for c in mm["contrasts"]]
-            forests.append(plots.forest(rows, f"{metric}: pairwise contrasts (95% CI; Holm–Šidák p in comparison.json)"))
+        family = r.get("family", "exploratory")
+        means = []
+        for c in conditions:
+            e = emms.get(c) or {}
+            mean = e.get("mean") if emms else r["means"].get(c)
+            ci = f" [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if e and family == "primary" else ""
+            means.append({"text": _fmt(mean) + ci, "best": r.get("best") == c})
+        families[family].append({
+            "metric": metric, "name": r.get("name") or names.get(metric, metric), "arrow": "↑" if r["better"] == "higher" else "↓",
+            "means": means, "verdict": r.get("verdict") or r.get("mixed_model_error") or "—",
+            "f": f"{mm['f_statistic']:.2f} ({mm['df']}, {mm['df_denominator']:.0f})" if mm else "not estimable",
+            "p": _p(r.get("p_value")), "p_adjusted": _p(r.get("p_adjusted")), "friedman_p": _p(fr.get("p_value")),
+            "icc": _fmt(mm.get("icc"))})
+        if family == "primary" and mm.get("contrasts"):
+            rows = [(f"{c['a']} − {c['b']} (adj. p {_p(c.get('p_adjusted'))})", c["estimate"], c["ci_low"], c["ci_high"])
+                    for c in mm["contrasts"]]
+            forests.append(plots.forest(rows, f"{metric}: pairwise contrasts, 95% CI (unadjusted); Holm-adjusted p over the "
+                                              "primary family"))
         for cand, w in (r.get("head_to_head") or {}).items():
-            wins.append({"metric": metric, "candidate": cand, "wlt": f"{w['wins']}/{w['losses']}/{w['ties']}",
+            wins.append({"metric": metric, "family": family, "candidate": cand, "wlt": f"{w['wins']}/{w['losses']}/{w['ties']}",
+                         "sessions": f"{w.get('session_wins')}/{w.get('session_losses')}/{w.get('session_ties')}",
                          "rate": "—" if w["win_rate"] is None else f"{w['win_rate']:.0%}",
-                         "ci": "—" if w["ci_low"] is None else f"{w['ci_low']:.0%}–{w['ci_high']:.0%}", "p": _p(w["sign_test_p"])})
-        fit = r.get("bradley_terry") or {}
-        separated = set(fit.get("separated_models") or [])
-        ranked = sorted((fit.get("strengths") or {}).items(), key=lambda kv: -kv[1]["strength"])
-        for model, s in ranked:
-            bt.append({"metric": metric, "model": model + (" (won or lost every comparison; finite by the prior)" if model in separated else ""),
-                       "strength": _fmt(s["strength"]), "ci": f"{_fmt(s['ci_low'])} to {_fmt(s['ci_high'])}"})
+                         "ci": "—" if w["ci_low"] is None else f"{w['ci_low']:.0%}–{w['ci_high']:.0%}", "p": _p(w["sign_test_p"]),
+                         "p_adjusted": _p(w.get("p_adjusted"))})
+        fit = r.get("bradley_terry")
+        if fit is not None:
+            if fit.get("absent_reason"):
+                bt.append({"metric": metric, "model": "—", "strength": "not estimated", "ci": fit["absent_reason"]})
+            else:
+                ranked = sorted(fit["strengths"].items(), key=lambda kv: -(kv[1]["strength"] or 0.0))
+                for model, st in ranked:
+                    bt.append({"metric": metric, "model": model, "strength": _fmt(st["strength"]),
+                               "ci": "—" if st.get("ci_low") is None else f"{_fmt(st['ci_low'])} to {_fmt(st['ci_high'])}"})
     pairwise = []
     for cand, w in ((comparison.get("pairwise_judge") or {}).get("per_candidate") or {}).items():
         pairwise.append({"candidate": cand, "wlt": f"{w['wins']}/{w['losses']}/{w['ties']}",
                          "rate": "—" if w["win_rate"] is None else f"{w['win_rate']:.0%}", "invalid": w.get("invalid") or 0})
-    return {"sessions": comparison["sessions"], "baseline": comparison.get("baseline"), "conditions": conditions,
-            "omnibus": omnibus, "forests": forests, "wins": wins, "bradley_terry": bt, "pairwise": pairwise,
+    return {"sessions": comparison["sessions"], "personas": comparison.get("personas"), "baseline": comparison.get("baseline"),
+            "conditions": conditions, "primary": families["primary"], "exploratory": families["exploratory"],
+            "alpha": comparison.get("alpha", 0.05), "families": comparison.get("families", ""),
+            "forests": forests, "wins": wins, "bradley_terry": bt, "pairwise": pairwise,
             "pairwise_kind": (comparison.get("pairwise_judge") or {}).get("kind", ""), "methods": comparison.get("methods") or {},
             "warnings": comparison.get("warnings") or []}
 
@@ -384,11 +422,13 @@ def build_report(runs: list[str | Path], out: str | Path | None = None, *, compa
     html = env.get_template("template.html.j2").render(
         title=" vs ".join(r.name for r in loaded), subtitle=f"{loaded[0].manifest.config.suite.id} · generated "
         f"{datetime.now():%Y-%m-%d %H:%M}", runs=[_run_header(r) for r in loaded], safety=_safety(loaded),
-        safety_rule=CRITICAL_RULE, gate=_gate(gate), rubric_sections=[_rubric_section(r, loaded, info) for r in rubrics],
+        safety_rule=CRITICAL_RULE, gate=_gate(gate),
+        rubric_sections=[_rubric_section(r, loaded, info, _supported_best(comparison)) for r in rubrics],
         leaderboard=_leaderboard(loaded, rubrics), comparison=_comparison(comparison, rubrics), sessions_json=_SESSIONS_SLOT,
         filters=_filters(loaded, info), several=len(loaded) > 1)
     target = Path(out) if out else (loaded[0].directory / "report.html" if len(loaded) == 1
                                     else loaded[0].directory.parent / f"report-{datetime.now():%Y%m%d-%H%M%S}.html")
+    refuse_non_file(target, "out")  # a report replaces an older report, never a folder, FIFO or device of the user's
     target.parent.mkdir(parents=True, exist_ok=True)
     head, tail = html.split(_SESSIONS_SLOT)
     partial = target.with_name(f".{target.name}.partial")
