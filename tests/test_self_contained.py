@@ -41,14 +41,14 @@ def test_a_run_of_a_users_own_suite_is_read_again_after_the_suite_is_deleted(tmp
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    left_out = run_cli("compare", runs / "base", runs / "cand", "--out", tmp_path / "cmp", cwd=elsewhere)
-    assert left_out.code == 2 and "flagged" in left_out.output  # the mock client is flagged: never an empty comparison
-    compared = run_cli("compare", runs / "base", runs / "cand", "--out", tmp_path / "cmp", "--bootstrap", "0",
-                       "--include-flagged", cwd=elsewhere)
+    # The mock client is always flagged; a mock run keeps flagged sessions unless told otherwise, and records it.
+    left_out = run_cli("compare", runs / "base", runs / "cand", "--out", tmp_path / "cmp", "--exclude-flagged", cwd=elsewhere)
+    assert left_out.code == 2 and "flagged" in left_out.output  # never an empty comparison
+    compared = run_cli("compare", runs / "base", runs / "cand", "--out", tmp_path / "cmp", "--bootstrap", "0", cwd=elsewhere)
     assert compared.code == 0, compared.output
     assert "my-empathy.total" in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["metrics"]
 
-    gated = run_cli("gate", "--baseline", runs / "base", "--candidate", runs / "cand", "--include-flagged", cwd=elsewhere)
+    gated = run_cli("gate", "--baseline", runs / "base", "--candidate", runs / "cand", cwd=elsewhere)
     gate = json.loads((runs / "cand" / "gate.json").read_text())
     assert gated.code in (0, 1, 2) and "my-empathy.total" in gate["metrics"], gated.output  # the suite's own gate block
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from evalkit.cli.common import IncludeFlagged
 from evalkit.core.console import console
 from evalkit.core.errors import EvalkitError
 
@@ -17,7 +18,7 @@ def compare(
     baseline: Annotated[Optional[Path], typer.Option(help="Baseline run (e.g. GPT-4o): win rates of every run against it.")] = None,
     metric: Annotated[Optional[list[str]], typer.Option(help="Metric(s) to analyse, e.g. act-fm.consistency_total (default: all).")] = None,
     matched: Annotated[bool, typer.Option("--matched", help="Analyse only the sessions every run shares.")] = False,
-    include_flagged: Annotated[bool, typer.Option("--include-flagged", help="Keep sessions whose simulated client fell below the adherence threshold (left out by default).")] = False,
+    include_flagged: IncludeFlagged = None,
     out: Annotated[Optional[Path], typer.Option(help="Where comparison.json and tables go (default: beside the runs).")] = None,
     pairwise_judge_model: Annotated[Optional[str], typer.Option(help="Judge for pairwise preference against the baseline (model path/id).")] = None,
     pairwise_judge_endpoint: Annotated[Optional[str], typer.Option(help="Endpoint of the pairwise judge.")] = None,
@@ -31,18 +32,30 @@ def compare(
 ) -> None:
     """Statistics across stored runs, persona as the unit: mixed model (F test), contrasts, Friedman, win rates, Bradley-Terry;
     familywise error controlled over the suite's primary metrics."""
+    import gc
+
+    from evalkit.analysis.compare import compare as run_compare
     from evalkit.backends.roles import RoleConfig
     from evalkit.cli.display import print_comparison
-    from evalkit.pipeline.api import compare as run_compare
+    from evalkit.core.fileio import report_follows
+    from evalkit.report import build_report
+
+    # The modules loaded so far live as long as the process: keep them out of every garbage collection.
+    gc.freeze()
 
     if bootstrap < 0:
         raise typer.BadParameter("expected 0 or more rounds", param_hint="--bootstrap")
     judge = None
     if pairwise_judge_model or pairwise_judge_endpoint:
         judge = RoleConfig(model=pairwise_judge_model, endpoint=pairwise_judge_endpoint or [], api_key_env=pairwise_judge_api_key_env)
-    comparison, out_dir = run_compare(runs, baseline=baseline, metrics=metric, matched=matched, include_flagged=include_flagged,
-                                      out=out, pairwise_judge=judge, pairwise_reward_endpoint=pairwise_reward_endpoint,
-                                      bootstrap_rounds=bootstrap, seed=seed, primary=primary, alpha=alpha)
+    # As evalkit.compare does (pipeline.api), without loading the run pipeline this command never uses: an older
+    # report is held aside until the new data and its report are written.
+    with report_follows(out / "report.html" if out else None, out / "comparison.json" if out else None):
+        comparison, out_dir = run_compare(runs, baseline=baseline, metrics=metric, matched=matched, include_flagged=include_flagged,
+                                          out=out, pairwise_judge=judge, pairwise_reward_endpoint=pairwise_reward_endpoint,
+                                          bootstrap_rounds=bootstrap, seed=seed, primary=primary, alpha=alpha)
+        build_report([Path(p) for p in comparison.runs.values()], out_dir / "report.html",
+                     comparison=comparison.model_dump(mode="json"))
     print_comparison(comparison, out_dir, full=all_tables)
 
 
@@ -55,7 +68,7 @@ def gate_command(
     power: Annotated[Optional[float], typer.Option(help="Power a regression verdict needs, in (0, 1) (default: the suite's, 0.8).")] = None,
     max_invalid_rate: Annotated[Optional[float], typer.Option(help="Most sessions of a gated metric that may be invalid, per metric (default 0.05).")] = None,
     min_shared: Annotated[float, typer.Option(help="Share of the baseline's sessions the candidate must also have (default 1: all).")] = 1.0,
-    include_flagged: Annotated[bool, typer.Option("--include-flagged", help="Keep sessions whose simulated client was flagged.")] = False,
+    include_flagged: IncludeFlagged = None,
     out: Annotated[Optional[Path], typer.Option(help="Where gate.json, gate-junit.xml and gate.md go (default: the candidate run).")] = None,
     require_validated_judge: Annotated[bool, typer.Option("--require-validated-judge", help="Cannot decide unless both runs recorded a judge validation report.")] = False,
 ) -> None:
@@ -84,14 +97,14 @@ def plan(
     detect: Annotated[Optional[float], typer.Option(help="The true drop the gate should catch (default: one margin).")] = None,
     power: Annotated[float, typer.Option(help="Probability wanted, in (0, 1).")] = 0.8,
     alpha: Annotated[float, typer.Option(help="One-sided significance level, in (0, 0.5).")] = 0.05,
-    include_flagged: Annotated[bool, typer.Option("--include-flagged", help="Keep sessions whose simulated client was flagged.")] = False,
+    include_flagged: IncludeFlagged = None,
 ) -> None:
     """Personas x replicates a gate needs: to pass an equal candidate, and to detect a given drop, each with the stated power."""
     from evalkit.analysis.plan import plan_gate
     from evalkit.cli.display import print_plan
 
     print_plan(plan_gate(metric, margin, runs=run, sd=sd, sd_between=sd_between, sd_within=sd_within, replicates=replicates,
-                         detect=detect, power=power, alpha=alpha, include_flagged=include_flagged or None))
+                         detect=detect, power=power, alpha=alpha, include_flagged=include_flagged))
 
 
 def report(

@@ -8,7 +8,7 @@ import shlex
 import signal
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.markup import escape
@@ -17,6 +17,11 @@ from evalkit.core.console import console
 from evalkit.core.errors import ConfigError
 
 T = TypeVar("T")
+
+# Commands that read stored runs: None follows the policy each run recorded when it was made.
+IncludeFlagged = Annotated[Optional[bool], typer.Option(
+    "--include-flagged/--exclude-flagged",
+    help="Keep (or leave out) sessions whose simulated client failed a persona check (default: as each run recorded).")]
 
 # Library field -> the flag a user typed, for one-line errors that name what to change.
 FIELD_FLAGS = {

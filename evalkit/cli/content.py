@@ -27,9 +27,9 @@ def suites() -> None:
         rubric_list = ", ".join(f"{r.id} {r.version}" + (" (risk personas)" if u.applies_to == "risk" else "")
                                 for u, r in zip(s.rubrics, loaded.rubrics, strict=True))
         table.add_row(s.id, s.unit, rubric_list, str(sum(len(r.items) for r in loaded.rubrics)), clients, str(s.turns))
-    console.print(table)
+    out_console.print(table)
     for loaded in loaded_suites:
-        console.print(f"[bold]{loaded.suite.id}[/bold]: {escape(loaded.suite.description)}", soft_wrap=True)
+        out_console.print(f"[bold]{loaded.suite.id}[/bold]: {escape(loaded.suite.description)}", soft_wrap=True)
 
 
 def personas(
@@ -42,12 +42,10 @@ def personas(
 
     library = load_personas(directory)
     if not coverage:
-        table = Table(title=f"{len(library)} personas", title_justify="left")
-        for column in ("id", "problem", "archetype", "style", "openness", "risk"):
-            table.add_column(column, overflow="fold")
-        for p in library:
-            table.add_row(p.id, p.presenting_problem, p.archetype, p.conversational_style, p.openness, p.risk_type)
-        console.print(table)
+        from evalkit.cli.display import print_listing
+
+        print_listing(f"{len(library)} personas", ("id", "problem", "archetype", "style", "openness", "risk"),
+                      [(p.id, p.presenting_problem, p.archetype, p.conversational_style, p.openness, p.risk_type) for p in library])
         return
     spec = load_coverage_spec()
     for crossed in spec.crossed:
@@ -60,7 +58,7 @@ def personas(
             matrix.add_column(value, justify="right")
         for row in spec.cells.get(a, {}):
             matrix.add_row(row, *(f"[{'green' if counts[(row, c)] >= crossed.minimum else 'red'}]{counts[(row, c)]}[/]" for c in columns))
-        console.print(matrix)
+        out_console.print(matrix)
     cells = Table(title="declared cells", title_justify="left")
     for column in ("dimension", "value", "personas", "minimum"):
         cells.add_column(column)
@@ -70,7 +68,7 @@ def personas(
         have = Counter(getattr(p, dimension) for p in library)
         for value, minimum in declared.items():
             cells.add_row(dimension, value, f"[{'green' if have[value] >= minimum else 'red'}]{have[value]}[/]", str(minimum))
-    console.print(cells)
+    out_console.print(cells)
     console.print(f"presenting problems: {len({p.presenting_problem for p in library})}; "
                   f"with risk: {sum(p.risk_level != 'none' for p in library)}")
     short = shortfalls(library, spec)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evalkit.core.console import console, warn
+from evalkit.core.console import console, out_console, printable, warn
 from evalkit.core.progress import Reporter
 from evalkit.core.types import Completion
 from evalkit.store.records import Summary, Transcript
@@ -96,6 +96,20 @@ class RichReporter(Reporter):
             self._running = False
 
 
+def print_listing(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A listing on stdout: a table on a terminal; piped (grep, a CI log), one tab-separated line per row, never wrapped."""
+    if not out_console.is_terminal:
+        for row in rows:
+            out_console.file.write("\t".join(printable(cell) for cell in row) + "\n")  # rich would expand the tabs
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    out_console.print(table)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -108,6 +122,12 @@ def _fmt(value: float | None) -> str:
 def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
     """One table per rubric: composites first, then items; then persona adherence."""
     for rubric_id, rs in summary.rubrics.items():
+        if not any(stat.n or stat.n_invalid for stat in (*rs.composites.values(), *rs.items.values())):
+            console.print(f"{rubric_id}: no score in these sessions"
+                          + (" (it rates risk personas' sessions only)" if rs.applies_to == "risk" else ""), soft_wrap=True)
+            if rs.critical_failures:
+                print_critical(rs.critical_failures)
+            continue
         table = Table(title=f"{rubric_id} · {summary.sessions} sessions · mean and 95% CI clustered by persona",
                       title_justify="left")
         for column, justify in [("score", "left"), ("range", "right"), ("mean", "right"), ("95% CI", "right"),
@@ -122,7 +142,7 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
                 table.add_row(label, f"{stat.range[0]:g}–{stat.range[1]:g}", _fmt(stat.mean), ci, str(stat.n), invalid,
                               style=style)
             table.add_section()
-        console.print(table)
+        out_console.print(table)
         critical = rs.critical_failures
         if critical:
             print_critical(critical)
@@ -132,6 +152,10 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
     adherence = summary.adherence
     if adherence:
         print_adherence(adherence)
+    if summary.counts.tokens:
+        used = "; ".join(f"{role} {t.get('prompt', 0):,} prompt, {t.get('generated', 0):,} generated"
+                         for role, t in sorted(summary.counts.tokens.items(), key=lambda kv: kv[0] != "therapist"))
+        console.print(f"tokens in the transcripts: {used}", soft_wrap=True)
     if summary.invalid_reasons:
         reasons = "; ".join(f"{n}× {escape(reason)}" for reason, n in summary.invalid_reasons.items())
         console.print(f"invalid score rows: {summary.counts.invalid_score_rows}, never counted as zero. Why: {reasons}. "
@@ -236,11 +260,13 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
     conditions = list(comparison.runs)
     labels = _labels(conditions)
     personas = f" of {comparison.personas} personas" if comparison.personas else ""
+    # Text wraps at word boundaries to the terminal's width; run names are abbreviated with a legend when they would
+    # crowd it, one run per line (a name is never broken).
     console.print(f"[bold]{escape(comparison.suite)}[/bold]: {len(conditions)} runs, {comparison.sessions} sessions{personas}; "
-                  f"unit of analysis: the persona; familywise alpha {comparison.alpha:g} (Holm within each family)", soft_wrap=True)
+                  f"unit of analysis: the persona; familywise alpha {comparison.alpha:g} (Holm within each family)")
     if any(labels[c] != c for c in conditions):
-        legend = ", ".join(f"{labels[c]} = {escape(c)}" + (" (baseline)" if c == comparison.baseline else "") for c in conditions)
-        console.print(f"runs: {legend}", soft_wrap=True)
+        for c in conditions:
+            console.print(f"  {labels[c]} = {escape(c)}" + (" (baseline)" if c == comparison.baseline else ""), soft_wrap=True)
     primary = [r for r in comparison.metrics.values() if r.family == "primary"]
     exploratory = [r for r in comparison.metrics.values() if r.family != "primary"]
     if primary:
@@ -262,7 +288,7 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
         for r in exploratory:
             means = [_fmt(r.mixed_model.emms[c].mean if r.mixed_model else r.means.get(c)) for c in conditions]
             table.add_row(f"{r.metric} {_arrow(r.better)}", *means, _p(r.p_adjusted), _compact_verdict(r, labels))
-        console.print(table)
+        out_console.print(table)
     if full:
         _print_full(comparison, conditions, labels)
     if comparison.pairwise_judge:
@@ -271,7 +297,7 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
             console.print(f"judge preference {escape(cand)} vs {escape(comparison.baseline or '')}: personas won/lost/tied "
                           f"{w.wins}/{w.losses}/{w.ties} (sessions {w.session_wins}/{w.session_losses}/{w.session_ties}; "
                           f"{comparison.pairwise_judge.kind}), persona win rate {rate} {_ci(w.ci_low, w.ci_high, pct=True)}, "
-                          f"sign test p {_p(w.sign_test_p)}, {w.invalid or 0} invalid", soft_wrap=True)
+                          f"sign test p {_p(w.sign_test_p)}, {w.invalid or 0} invalid")
     for warning in comparison.warnings:
         warn(warning)
     console.print(f"comparison: [bold]{escape(str(out_dir / 'comparison.json'))}[/bold] (tables as CSV and Parquet) · report: "
@@ -280,27 +306,27 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
 
 def _print_primary(r, conditions: list[str], labels: dict[str, str], baseline: str | None) -> None:
     mm = r.mixed_model
-    console.print(f"[bold]{escape(r.metric)}[/bold] {_arrow(r.better)} {escape(r.name)}", soft_wrap=True)
+    console.print(f"[bold]{escape(r.metric)}[/bold] {_arrow(r.better)} {escape(r.name)}")
     if mm:
         cells = "  ".join(f"{labels[c]} {mm.emms[c].mean:.2f} {_ci(mm.emms[c].ci_low, mm.emms[c].ci_high)}" for c in conditions)
-        console.print(f"  {cells}", soft_wrap=True)
+        console.print(f"  {cells}")
         test = f"F({mm.df}, {mm.df_denominator:.0f}) = {mm.f_statistic:.2f}, p {_p(r.p_value)}, adjusted p {_p(r.p_adjusted)}"
     else:
         test = "mixed model not estimable"
     style = "green" if r.best else "yellow" if "not estimable" in (r.verdict or "") else ""
     verdict = escape(_short_verdict(r, labels))
-    console.print(f"  {test} — " + (f"[{style}]{verdict}[/{style}]" if style else verdict), soft_wrap=True)
+    console.print(f"  {test} — " + (f"[{style}]{verdict}[/{style}]" if style else verdict))
     for cand, w in r.head_to_head.items():
         console.print(f"  vs baseline {labels.get(baseline, baseline)}: {labels[cand]} won {w.wins}, lost {w.losses}, tied {w.ties} "
                       f"personas (sign test p {_p(w.sign_test_p)}, adjusted {_p(w.p_adjusted)}; win rate "
-                      f"{'—' if w.win_rate is None else f'{w.win_rate:.0%}'} {_ci(w.ci_low, w.ci_high, pct=True)})", soft_wrap=True)
+                      f"{'—' if w.win_rate is None else f'{w.win_rate:.0%}'} {_ci(w.ci_low, w.ci_high, pct=True)})")
     bt = r.bradley_terry
     if bt is not None and bt:
         ranked = sorted(bt.strengths.items(), key=lambda kv: -(kv[1].strength or 0))
         text = ", ".join(f"{labels[m]} {s.strength:+.2f} {_ci(s.ci_low, s.ci_high)}" for m, s in ranked)
-        console.print(f"  Bradley–Terry (log-odds vs {labels[bt.reference]}, CI clustered by persona): {text}", soft_wrap=True)
+        console.print(f"  Bradley–Terry (log-odds vs {labels[bt.reference]}, CI clustered by persona): {text}")
     elif r.bradley_terry_error:
-        console.print(f"  Bradley–Terry: {escape(r.bradley_terry_error)}", soft_wrap=True)
+        console.print(f"  Bradley–Terry: {escape(r.bradley_terry_error)}")
 
 
 def _print_full(comparison, conditions: list[str], labels: dict[str, str]) -> None:
@@ -318,7 +344,7 @@ def _print_full(comparison, conditions: list[str], labels: dict[str, str]) -> No
         test = f"{mm.f_statistic:.2f} ({mm.df}, {mm.df_denominator:.0f})" if mm else "not estimable"
         table.add_row(f"{metric} {_arrow(r.better)}", r.family[:5], *means, test, _p(r.p_value), _p(r.p_adjusted),
                       _p(r.friedman.p_value), labels.get(r.best, "—") if r.best else "—")
-    console.print(table)
+    out_console.print(table)
     if comparison.baseline:
         wins = Table(title=f"against {comparison.baseline}: personas won/lost/tied (a persona's mean over its matched sessions)",
                      title_justify="left")
@@ -354,7 +380,7 @@ def print_gate(report, out_dir) -> None:
                       f"{d.personas_needed} personas" if d else "—")
     for rubric, c in report.critical.items():
         table.add_row(f"{rubric}.critical_failures", f"[{style[c.verdict]}]{c.verdict}[/]", "", str(c.sessions), "", "", "", "", "")
-    console.print(table)
+    out_console.print(table)
     console.print(f"[bold {style[report.verdict]}]{report.verdict}[/]: {escape(report.reason)}", soft_wrap=True)
     for warning in report.warnings:
         warn(warning)
@@ -401,7 +427,7 @@ def print_validation(report, out) -> None:
                 jh, hh = stats.judge_human, stats.human_human
                 table.add_row(rubric_id, score_id, str(stats.units), cell(jh, "icc_a1"), cell(jh, "qwk"), cell(jh, "spearman"),
                               cell(jh, "krippendorff_alpha"), cell(jh, "mae"), cell(hh, "icc_a1"))
-    console.print(table)
+    out_console.print(table)
     if report.invalid_judge_scores:
         warn(f"{report.invalid_judge_scores} judge scores were invalid (below the minimum mass {report.min_mass:g} or not obtained)"
              " and are left out of the agreement")

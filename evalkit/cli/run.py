@@ -246,22 +246,14 @@ def runs(
     root: Annotated[Path, typer.Argument(help="Folder to look in (default: results).")] = Path("results"),
 ) -> None:
     """List the runs under a folder: suite, model, status, sessions, judge, when."""
-    from rich.table import Table
-
-    from evalkit.core.console import out_console
+    from evalkit.cli.display import print_listing
     from evalkit.store.rundir import find_runs
 
-    table = Table(title=f"runs under {root}", title_justify="left")
-    for column in ("run", "suite", "model", "status", "sessions", "judge", "started"):
-        table.add_column(column, overflow="fold")
-    count = 0
-    for directory, manifest in find_runs(root):
-        count += 1
-        judge = manifest.roles.get("judge")
-        table.add_row(escape(str(directory)), manifest.config.suite.id, escape(manifest.roles["therapist"].model),
-                      manifest.status, f"{manifest.counts.sessions}/{manifest.sessions_requested}",
-                      escape(judge.model) if judge else "—", f"{manifest.started_at:%Y-%m-%d %H:%M}")
-    if count:
-        out_console.print(table)
+    rows = [(str(directory), manifest.config.suite.id, manifest.roles["therapist"].model, manifest.status,
+             f"{manifest.counts.sessions}/{manifest.sessions_requested}",
+             manifest.roles["judge"].model if "judge" in manifest.roles else "—", f"{manifest.started_at:%Y-%m-%d %H:%M}")
+            for directory, manifest in find_runs(root)]
+    if rows:
+        print_listing(f"runs under {root}", ("run", "suite", "model", "status", "sessions", "judge", "started"), rows)
     else:
         console.print(f"no evalkit runs under {escape(str(root))}")

@@ -33,7 +33,7 @@ from evalkit.pipeline.prepare import (
     run_config,
 )
 from evalkit.pipeline.spec import EvalSpec, RoleConfig
-from evalkit.pipeline.stages import ScoringPlan, count, score, simulate, summarise_run
+from evalkit.pipeline.stages import ScoringPlan, count, note_extent, score, simulate, summarise_run
 from evalkit.simulation.client_modes import ReplayClient, ScriptedClient, SimulatedClient
 from evalkit.store.records import Manifest, Summary
 from evalkit.store.rundir import RunDir
@@ -123,6 +123,7 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
             host=host_info(), warnings=warnings, judge_validation=validation, judge_check=fitness,
             inclusion=inclusion))
         if idle:
+            note_extent(store, prepared.cases, reporter)
             reporter.note(f"{store.directory}: every session is simulated and scored already; nothing was sent to any model")
             summary = summarise_run(store, plan, prepared.settings, inclusion)
             return RunResult(directory=store.directory, manifest=lifecycle.complete(summary.counts), summary=summary)

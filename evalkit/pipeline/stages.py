@@ -70,14 +70,21 @@ class ScoringPlan:
                 await scorer.aclose()
 
 
-async def simulate(loaded: LoadedSuite, store: RunDir, cases: list, *, therapist: Backend, client, turns: int,
-                   sampling: SamplingParams, concurrency: int, reporter: Reporter) -> None:
-    """Run every case that has no transcript yet; each transcript is appended as soon as its session ends."""
+def note_extent(store: RunDir, cases: list, reporter: Reporter) -> None:
+    """Say so when the directory holds sessions beyond those asked for: they stay in the summary."""
     done = set(store.sources())
     resumed = sum(c.session_id in done for c in cases)
     if len(done) > resumed:
         reporter.note(f"{store.directory} already holds {len(done)} sessions and {len(cases)} were asked for: the summary "
                       f"covers all {len(done) + len(cases) - resumed} (a run is extended by asking for more, never shrunk)")
+
+
+async def simulate(loaded: LoadedSuite, store: RunDir, cases: list, *, therapist: Backend, client, turns: int,
+                   sampling: SamplingParams, concurrency: int, reporter: Reporter) -> None:
+    """Run every case that has no transcript yet; each transcript is appended as soon as its session ends."""
+    done = set(store.sources())
+    resumed = sum(c.session_id in done for c in cases)
+    note_extent(store, cases, reporter)
     reporter.sessions(len(cases), resumed)
     engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt, turns=turns,
                            therapist=therapist, client=client, therapist_sampling=sampling, reporter=reporter,
