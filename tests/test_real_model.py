@@ -30,8 +30,8 @@ TEMPLATE_PROMPT = [{"role": "system", "content": "You are a supportive counsello
                    {"role": "user", "content": "I've been feeling anxious about work and I can't sleep. What can I do?"}]
 # Tokens of the first greedy reply that vLLM (float32) and transformers (float32) must agree on. Measured: all of
 # each reply, for 7 prompts, up to 400 tokens. This prompt tells the dtypes apart: served in bfloat16, vLLM leaves
-# transformers' float32 reply within the first 64 tokens.
-GREEDY_TOKENS = 64
+# transformers' float32 reply at token 25.
+GREEDY_TOKENS = 32
 GREEDY_PROMPT = [{"role": "user", "content": "My mother died last month and I still can't stop crying."}]
 
 
@@ -132,7 +132,7 @@ def test_vllm_and_transformers_agree_on_the_first_greedy_reply(smollm2, smollm2_
 
 
 def test_smollm2_is_not_fit_to_judge_and_the_check_says_why(smollm2_endpoint):
-    """`judge check` on SmolLM2 (a third of the TES vignettes, through the run's own scorer and prompts): unfit,
+    """`judge check` on SmolLM2 (six of the TES vignettes, through the run's own scorer and prompts): unfit,
     because most of its readings put too little probability on the score digits."""
     import asyncio
 
@@ -142,7 +142,7 @@ def test_smollm2_is_not_fit_to_judge_and_the_check_says_why(smollm2_endpoint):
     from evalkit.judging.judge import Judge, JudgeSettings
 
     full = load_vignette_set("tes")
-    subset = full.model_copy(update={"vignettes": full.vignettes[: len(full.vignettes) // 3]})
+    subset = full.model_copy(update={"vignettes": full.vignettes[:6]})
 
     async def check():
         backend = await OpenAIBackend.connect(smollm2_endpoint, SERVED)
@@ -188,7 +188,7 @@ def test_the_demo_shows_a_real_conversation_and_honest_numbers_then_resumes_with
     from .conftest import run_cli_subprocess
 
     out = tmp_path / "demo"
-    first = run_cli_subprocess("demo", "--out", out, "--sessions", "2", "--turns", "2", cwd=tmp_path, timeout=900)
+    first = run_cli_subprocess("demo", "--out", out, "--sessions", "1", "--turns", "2", cwd=tmp_path, timeout=900)
     assert first.code == 0, first.output
     assert "not clinical evidence" in first.output and "judge check" in first.output
     assert str(out / "report.html") in first.output.replace("\n", "") and (out / "report.html").exists()
@@ -196,9 +196,9 @@ def test_the_demo_shows_a_real_conversation_and_honest_numbers_then_resumes_with
     assert summary["rubrics"]["tes"]["composites"]["total"]["mean"] is not None  # numbers, not dashes
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inclusion"]["include_flagged"] is True and manifest["config"]["judge_method"].startswith("score-token")
-    _assert_clean(read_jsonl(out / "transcripts.jsonl"), budget=96, sessions=2, turns=2)
+    _assert_clean(read_jsonl(out / "transcripts.jsonl"), budget=96, sessions=1, turns=2)
     started = time.monotonic()
-    again = run_cli_subprocess("demo", "--out", out, "--sessions", "2", "--turns", "2", cwd=tmp_path, timeout=300)
+    again = run_cli_subprocess("demo", "--out", out, "--sessions", "1", "--turns", "2", cwd=tmp_path, timeout=300)
     assert again.code == 0, again.output
     assert "nothing was sent to any model" in again.output and "starting vLLM" not in again.output
     assert time.monotonic() - started < 60

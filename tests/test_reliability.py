@@ -1058,18 +1058,19 @@ def test_two_rescores_one_after_the_other_write_every_row_once(mock_run, tmp_pat
     assert len((out / "transcripts.jsonl").read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize("command", ["compare", "gate"])
+@pytest.mark.parametrize("command", ["compare", "compare-command", "gate"])
 def test_a_killed_compare_or_gate_never_leaves_an_old_report_beside_new_data(mock_run, tmp_path, command):
     """SIGKILL after comparison.json / gate.json are written and before their HTML report: the older report is not
     left beside them (a reader would take it for the new one); the same command then writes both. `evalkit.compare`
-    (the library) for compare; `evalkit gate` (the command) for gate."""
+    (the library) and `evalkit compare` for compare; `evalkit gate` (the command) for gate."""
     base, cand = tmp_path / "base", tmp_path / "cand"
     shutil.copytree(mock_run, base)
     shutil.copytree(mock_run, cand)
     out = tmp_path / "out"
-    args = (["--python", f"evalkit.compare([{str(cand)!r}], baseline={str(base)!r}, out={str(out)!r})"] if command == "compare"
-            else ["gate", "--baseline", base, "--candidate", cand, "--out", out])
-    marker, page = (out / "comparison.json", out / "report.html") if command == "compare" else (out / "gate.json", out / "gate-report.html")
+    args = {"compare": ["--python", f"evalkit.compare([{str(cand)!r}], baseline={str(base)!r}, out={str(out)!r})"],
+            "compare-command": ["compare", cand, "--baseline", base, "--out", out],
+            "gate": ["gate", "--baseline", base, "--candidate", cand, "--out", out]}[command]
+    marker, page = (out / "gate.json", out / "gate-report.html") if command == "gate" else (out / "comparison.json", out / "report.html")
     out.mkdir()
     marker.write_text('{"an": "earlier one"}')  # what an earlier command left: its data and its report
     page.write_text("<html>the earlier report</html>")
@@ -1077,7 +1078,7 @@ def test_a_killed_compare_or_gate_never_leaves_an_old_report_beside_new_data(moc
     assert killed.code == -signal.SIGKILL, killed.output
     assert "earlier" not in marker.read_text(), "the new data was not written before the kill"
     assert not page.exists(), f"the earlier {page.name} stayed beside the new {marker.name}"
-    if command == "compare":  # the same code writes both pairs: the gate shows the same command then writes both
+    if command != "gate":  # the same code writes both pairs: the gate shows the same command then writes both
         return
     again = cli(*args)
     assert again.code in (0, 1, 2) and page.exists() and "earlier" not in page.read_text(), again.output
