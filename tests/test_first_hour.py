@@ -33,6 +33,8 @@ def test_include_flagged_given_to_run_is_honoured_by_every_later_command(tmp_pat
     assert json.loads((cand_dir / "gate.json").read_text())["metrics"]["tes.total"]["sessions"] == 3
     compared = run_cli("compare", base_dir, cand_dir, "--out", tmp_path / "cmp")
     assert compared.code == 0, compared.output
+    assert "Primary metrics" in compared.stdout and "tes.total" in compared.stdout  # results on stdout
+    assert "comparison: " in compared.stderr and "comparison: " not in compared.stdout  # where they went, on stderr
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["include_flagged"] is True
     rescored = run_cli("rescore", base_dir, "--judge-model", "j2", "--judge-backend", "mock", "--out", tmp_path / "re", "-q")
     assert rescored.code == 0, rescored.output
@@ -94,15 +96,17 @@ def test_progress_in_a_ci_log_is_plain_lines_with_counts(tmp_path):
 def test_tables_go_to_stdout_and_messages_to_stderr(tmp_path):
     ran, out = _tes(tmp_path, "run", "--include-flagged")
     assert "mean and 95% CI clustered by persona" in ran.stdout and "clustered by persona" not in ran.stderr
-    assert "results: " in ran.stderr and "tokens in the transcripts: therapist" in ran.stderr.replace("\n", " ")
+    assert "warning: the judge has not been checked on evalkit's vignettes" in ran.stderr.replace("\n", " ")
+    assert "results: " in ran.stderr and "tokens in the transcripts: therapist" in ran.stdout.replace("\n", " ")
     transcripts = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
     turns = [t for s in transcripts for t in s["turns"] if t["role"] == "therapist"]
     prompt, generated = sum(t["prompt_tokens"] or 0 for t in turns), sum(t["completion_tokens"] or 0 for t in turns)
-    assert generated and f"therapist {prompt:,} prompt, {generated:,} generated" in ran.stderr.replace("\n", " ")
+    assert generated and f"therapist {prompt:,} prompt, {generated:,} generated" in ran.stdout.replace("\n", " ")
     empty, _ = _tes(tmp_path, "flagged-left-out")
-    said = empty.stderr.replace("\n", " ")
-    assert not empty.stdout and "tes: no score in these sessions" in said and "3 flagged session(s)" in said, said
+    said = empty.stdout.replace("\n", " ")
+    assert "tes: no score in these sessions" in said and "3 flagged session(s)" in said, said
     assert "safety: no score in these sessions (it rates risk personas' sessions only)" in said
+    assert "│" not in empty.stdout  # no table of dashes
     listed = run_cli("runs", tmp_path / "run")
     assert listed.code == 0 and listed.stderr == ""
     (row,) = listed.stdout.strip().splitlines()

@@ -123,7 +123,7 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
     """One table per rubric: composites first, then items; then persona adherence."""
     for rubric_id, rs in summary.rubrics.items():
         if not any(stat.n or stat.n_invalid for stat in (*rs.composites.values(), *rs.items.values())):
-            console.print(f"{rubric_id}: no score in these sessions"
+            out_console.print(f"{rubric_id}: no score in these sessions"
                           + (" (it rates risk personas' sessions only)" if rs.applies_to == "risk" else ""), soft_wrap=True)
             if rs.critical_failures:
                 print_critical(rs.critical_failures)
@@ -147,7 +147,7 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
         if critical:
             print_critical(critical)
     if summary.excluded:
-        console.print("left out of these statistics: " + ", ".join(f"{n} {why} session(s)" for why, n in summary.excluded.items())
+        out_console.print("left out of these statistics: " + ", ".join(f"{n} {why} session(s)" for why, n in summary.excluded.items())
                       + " (--include-flagged keeps flagged ones)", soft_wrap=True)
     adherence = summary.adherence
     if adherence:
@@ -155,7 +155,7 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
     if summary.counts.tokens:
         used = "; ".join(f"{role} {t.get('prompt', 0):,} prompt, {t.get('generated', 0):,} generated"
                          for role, t in sorted(summary.counts.tokens.items(), key=lambda kv: kv[0] != "therapist"))
-        console.print(f"tokens in the transcripts: {used}", soft_wrap=True)
+        out_console.print(f"tokens in the transcripts: {used}", soft_wrap=True)
     if summary.invalid_reasons:
         reasons = "; ".join(f"{n}× {escape(reason)}" for reason, n in summary.invalid_reasons.items())
         console.print(f"invalid score rows: {summary.counts.invalid_score_rows}, never counted as zero. Why: {reasons}. "
@@ -168,7 +168,7 @@ def print_adherence(adherence) -> None:
     if adherence.sessions_checked:
         checks = ", ".join(f"{escape(c)} {r:.0%}" for c, r in adherence.per_check.items())
         failed = "; ".join(f"{escape(c)}: {n}" for c, n in adherence.flagged_by_check.items())
-        console.print(f"persona adherence over {adherence.sessions_checked} checked sessions, pass rate per check: {checks}; "
+        out_console.print(f"persona adherence over {adherence.sessions_checked} checked sessions, pass rate per check: {checks}; "
                       f"{len(adherence.flagged)} flagged (a check below {adherence.threshold:.0%})"
                       + (f", failing {failed}" if failed else ""), soft_wrap=True)
     if adherence.sessions_unchecked:
@@ -186,10 +186,10 @@ def print_critical(critical) -> None:
     if critical.surfaced_unknown:
         surfaced += f"; {critical.surfaced_unknown} could not be checked"
     if critical.share is None:
-        console.print(f"[bold yellow]critical failures: not assessable[/bold yellow]; {escape(surfaced)}", soft_wrap=True)
+        out_console.print(f"[bold yellow]critical failures: not assessable[/bold yellow]; {escape(surfaced)}", soft_wrap=True)
     else:
         style = "bold red" if critical.with_failure else "bold green"
-        console.print(f"[{style}]critical failures: {critical.with_failure} of {critical.sessions} sessions where the risk "
+        out_console.print(f"[{style}]critical failures: {critical.with_failure} of {critical.sessions} sessions where the risk "
                       f"surfaced ({critical.share:.0%}, 95% CI clustered by persona {critical.ci_low:.0%}–{critical.ci_high:.0%})"
                       f"[/{style}]; "
                       f"{escape(surfaced)}" + (f"; {critical.n_invalid} could not be assessed" if critical.n_invalid else ""),
@@ -262,21 +262,21 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
     personas = f" of {comparison.personas} personas" if comparison.personas else ""
     # Text wraps at word boundaries to the terminal's width; run names are abbreviated with a legend when they would
     # crowd it, one run per line (a name is never broken).
-    console.print(f"[bold]{escape(comparison.suite)}[/bold]: {len(conditions)} runs, {comparison.sessions} sessions{personas}; "
+    out_console.print(f"[bold]{escape(comparison.suite)}[/bold]: {len(conditions)} runs, {comparison.sessions} sessions{personas}; "
                   f"unit of analysis: the persona; familywise alpha {comparison.alpha:g} (Holm within each family)")
     if any(labels[c] != c for c in conditions):
         for c in conditions:
-            console.print(f"  {labels[c]} = {escape(c)}" + (" (baseline)" if c == comparison.baseline else ""), soft_wrap=True)
+            out_console.print(f"  {labels[c]} = {escape(c)}" + (" (baseline)" if c == comparison.baseline else ""), soft_wrap=True)
     primary = [r for r in comparison.metrics.values() if r.family == "primary"]
     exploratory = [r for r in comparison.metrics.values() if r.family != "primary"]
     if primary:
-        console.print("\n[bold]Primary metrics[/bold] (familywise error controlled over these; estimated marginal means, 95% CI)")
+        out_console.print("\n[bold]Primary metrics[/bold] (familywise error controlled over these; estimated marginal means, 95% CI)")
         for r in primary:
             _print_primary(r, conditions, labels, comparison.baseline)
     else:
-        console.print("\nno primary metrics declared: every result below is exploratory (--primary names them)")
+        out_console.print("\nno primary metrics declared: every result below is exploratory (--primary names them)")
     if exploratory and not full:
-        console.print(f"\n[bold]Exploratory metrics[/bold] ({len(exploratory)}; adjusted within their own family: leads, not "
+        out_console.print(f"\n[bold]Exploratory metrics[/bold] ({len(exploratory)}; adjusted within their own family: leads, not "
                       "findings; --all for every table)")
         table = Table(box=None, pad_edge=False, show_header=True, header_style="dim", expand=False)
         width = max(len(r.metric) for r in exploratory) + 2
@@ -294,7 +294,7 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
     if comparison.pairwise_judge:
         for cand, w in comparison.pairwise_judge.per_candidate.items():
             rate = "—" if w.win_rate is None else f"{w.win_rate:.0%}"
-            console.print(f"judge preference {escape(cand)} vs {escape(comparison.baseline or '')}: personas won/lost/tied "
+            out_console.print(f"judge preference {escape(cand)} vs {escape(comparison.baseline or '')}: personas won/lost/tied "
                           f"{w.wins}/{w.losses}/{w.ties} (sessions {w.session_wins}/{w.session_losses}/{w.session_ties}; "
                           f"{comparison.pairwise_judge.kind}), persona win rate {rate} {_ci(w.ci_low, w.ci_high, pct=True)}, "
                           f"sign test p {_p(w.sign_test_p)}, {w.invalid or 0} invalid")
@@ -306,27 +306,27 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
 
 def _print_primary(r, conditions: list[str], labels: dict[str, str], baseline: str | None) -> None:
     mm = r.mixed_model
-    console.print(f"[bold]{escape(r.metric)}[/bold] {_arrow(r.better)} {escape(r.name)}")
+    out_console.print(f"[bold]{escape(r.metric)}[/bold] {_arrow(r.better)} {escape(r.name)}")
     if mm:
         cells = "  ".join(f"{labels[c]} {mm.emms[c].mean:.2f} {_ci(mm.emms[c].ci_low, mm.emms[c].ci_high)}" for c in conditions)
-        console.print(f"  {cells}")
+        out_console.print(f"  {cells}")
         test = f"F({mm.df}, {mm.df_denominator:.0f}) = {mm.f_statistic:.2f}, p {_p(r.p_value)}, adjusted p {_p(r.p_adjusted)}"
     else:
         test = "mixed model not estimable"
     style = "green" if r.best else "yellow" if "not estimable" in (r.verdict or "") else ""
     verdict = escape(_short_verdict(r, labels))
-    console.print(f"  {test} — " + (f"[{style}]{verdict}[/{style}]" if style else verdict))
+    out_console.print(f"  {test} — " + (f"[{style}]{verdict}[/{style}]" if style else verdict))
     for cand, w in r.head_to_head.items():
-        console.print(f"  vs baseline {labels.get(baseline, baseline)}: {labels[cand]} won {w.wins}, lost {w.losses}, tied {w.ties} "
+        out_console.print(f"  vs baseline {labels.get(baseline, baseline)}: {labels[cand]} won {w.wins}, lost {w.losses}, tied {w.ties} "
                       f"personas (sign test p {_p(w.sign_test_p)}, adjusted {_p(w.p_adjusted)}; win rate "
                       f"{'—' if w.win_rate is None else f'{w.win_rate:.0%}'} {_ci(w.ci_low, w.ci_high, pct=True)})")
     bt = r.bradley_terry
     if bt is not None and bt:
         ranked = sorted(bt.strengths.items(), key=lambda kv: -(kv[1].strength or 0))
         text = ", ".join(f"{labels[m]} {s.strength:+.2f} {_ci(s.ci_low, s.ci_high)}" for m, s in ranked)
-        console.print(f"  Bradley–Terry (log-odds vs {labels[bt.reference]}, CI clustered by persona): {text}")
+        out_console.print(f"  Bradley–Terry (log-odds vs {labels[bt.reference]}, CI clustered by persona): {text}")
     elif r.bradley_terry_error:
-        console.print(f"  Bradley–Terry: {escape(r.bradley_terry_error)}")
+        out_console.print(f"  Bradley–Terry: {escape(r.bradley_terry_error)}")
 
 
 def _print_full(comparison, conditions: list[str], labels: dict[str, str]) -> None:
@@ -355,7 +355,7 @@ def _print_full(comparison, conditions: list[str], labels: dict[str, str]) -> No
                 wins.add_row(metric, labels[cand], f"{w.wins}/{w.losses}/{w.ties}",
                              "—" if w.win_rate is None else f"{w.win_rate:.0%}", _ci(w.ci_low, w.ci_high, pct=True),
                              _p(w.sign_test_p), _p(w.p_adjusted), f"{w.session_wins}/{w.session_losses}/{w.session_ties}")
-        console.print(wins)
+        out_console.print(wins)
     contrasts = Table(title="pairwise contrasts (a − b; Holm over the family's contrasts)", title_justify="left")
     for column in ("metric", "a − b", "estimate", "95% CI", "p", "adj p"):
         contrasts.add_column(column, no_wrap=True, overflow="ellipsis")
@@ -363,7 +363,7 @@ def _print_full(comparison, conditions: list[str], labels: dict[str, str]) -> No
         for c in (r.mixed_model.contrasts if r.mixed_model else []):
             contrasts.add_row(metric, f"{labels[c.a]} − {labels[c.b]}", f"{c.estimate:+.2f}", _ci(c.ci_low, c.ci_high),
                               _p(c.p), _p(c.p_adjusted))
-    console.print(contrasts)
+    out_console.print(contrasts)
 
 
 def print_gate(report, out_dir) -> None:
@@ -381,7 +381,7 @@ def print_gate(report, out_dir) -> None:
     for rubric, c in report.critical.items():
         table.add_row(f"{rubric}.critical_failures", f"[{style[c.verdict]}]{c.verdict}[/]", "", str(c.sessions), "", "", "", "", "")
     out_console.print(table)
-    console.print(f"[bold {style[report.verdict]}]{report.verdict}[/]: {escape(report.reason)}", soft_wrap=True)
+    out_console.print(f"[bold {style[report.verdict]}]{report.verdict}[/]: {escape(report.reason)}", soft_wrap=True)
     for warning in report.warnings:
         warn(warning)
     console.print(f"gate: {escape(str(out_dir / 'gate.json'))}, gate-junit.xml, gate.md, gate-report.html", soft_wrap=True)
@@ -394,18 +394,18 @@ def print_plan(result) -> None:
     detect = ("not reachable (" + (result.note or "") + ")" if result.n_detect is None else
               f"{result.n_detect} personas x {r} ({result.sessions_detect} sessions) to exit 'regression' with probability "
               f"{result.power_detect_at_n_detect:.2f} at a true drop of {result.drop:g}")
-    console.print(f"[bold]{escape(metric)}[/bold]: {result.n_pass} personas x {r} replicate{'s' if r != 1 else ''} "
+    out_console.print(f"[bold]{escape(metric)}[/bold]: {result.n_pass} personas x {r} replicate{'s' if r != 1 else ''} "
                   f"({result.sessions_pass} sessions) for an equal candidate to pass with probability "
                   f"{result.power_pass_at_n_pass:.2f}; {detect}.", soft_wrap=True)
-    console.print(f"SD of a persona-mean difference {result.sd:.3f} = sqrt({result.var_between:.4g} between personas + "
+    out_console.print(f"SD of a persona-mean difference {result.sd:.3f} = sqrt({result.var_between:.4g} between personas + "
                   f"{result.var_within:.4g} within / {r}); {escape(result.source)}. Margin {result.margin:g}, one-sided alpha "
                   f"{result.alpha:g}.", soft_wrap=True)
     others = "; ".join(f"{o.replicates} replicate{'s' if o.replicates != 1 else ''}: {o.personas_pass} personas "
                        f"({o.sessions_pass} sessions)" for o in result.options)
     if others and result.within_known:
-        console.print(f"for an equal candidate to pass, by replicates per persona: {others}", soft_wrap=True)
+        out_console.print(f"for an equal candidate to pass, by replicates per persona: {others}", soft_wrap=True)
     if result.scoring_floor is not None:
-        console.print(f"scoring floor {result.scoring_floor:.3g}: a flawless session's distance from the best value when the "
+        out_console.print(f"scoring floor {result.scoring_floor:.3g}: a flawless session's distance from the best value when the "
                       "judge puts 90% on the right level (docs/statistics.md)", soft_wrap=True)
     for warning in result.warnings:
         warn(warning)
@@ -434,8 +434,8 @@ def print_validation(report, out) -> None:
     if report.repeat_variability:
         rv = report.repeat_variability
         if rv["mean_sd"] is None:
-            console.print(f"scored {rv['repeats']} times: no unit was scored validly in every repeat, so there is no variability to report")
+            out_console.print(f"scored {rv['repeats']} times: no unit was scored validly in every repeat, so there is no variability to report")
         else:
-            console.print(f"scored {rv['repeats']} times: mean SD of a unit's expected score {rv['mean_sd']:.4f} (max {rv['max_sd']:.4f})")
+            out_console.print(f"scored {rv['repeats']} times: mean SD of a unit's expected score {rv['mean_sd']:.4f} (max {rv['max_sd']:.4f})")
     console.print(f"validation report: [bold]{escape(str(out / 'validation.json'))}[/bold] "
                   f"(record it in runs with --judge-validation)", soft_wrap=True)

@@ -137,7 +137,7 @@ def judge_train(
                           validation_fraction=validation_fraction, seed=seed)
     b, a = report_["validation_before"], report_["validation_after"]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-    console.print(f"trained {report_['method']} on {report_['examples']['train']} examples; validation loss {fmt(b['loss'])} → "
+    out_console.print(f"trained {report_['method']} on {report_['examples']['train']} examples; validation loss {fmt(b['loss'])} → "
                   f"{fmt(a['loss'])}, accuracy {fmt(b['accuracy'])} → {fmt(a['accuracy'])}; judge: [bold]{escape(report_['judge'])}[/bold]",
                   soft_wrap=True)
 
@@ -173,6 +173,6 @@ def judge_eval_pref(
     report_, path = run_async_command(evaluate_preference(data, out, judge=spec if spec.given else None, reward_model=reward_model,
                                                           reward_endpoint=reward_endpoint, limit=limit, min_mass=judge_min_mass))
     rate = "—" if report_["accuracy"] is None else f"{report_['accuracy']:.1%}"
-    console.print(f"{escape(report_['judge'])} ({report_['kind']}): accuracy {rate} on {report_['pairs']} pairs "
+    out_console.print(f"{escape(report_['judge'])} ({report_['kind']}): accuracy {rate} on {report_['pairs']} pairs "
                   f"({report_['correct']} right, {report_['wrong']} wrong, {report_['ties']} ties, {report_['invalid']} invalid); "
                   f"{escape(str(path))}", soft_wrap=True)

@@ -21,7 +21,7 @@ from evalkit.cli.common import (
     run_async_command,
     track_runs,
 )
-from evalkit.core.console import console
+from evalkit.core.console import console, warn
 
 
 def run_command(
@@ -129,6 +129,7 @@ def run_command(
         console.print(f"results: [bold]{escape(str(result.directory))}[/bold] · report: "
                       f"[bold]{escape(str(result.directory / 'report.html'))}[/bold]", soft_wrap=True)
         retry_line(result.manifest)
+        judge_line(result.manifest)
     track_runs([r.directory for r in results], mlflow, wandb)
     if compare_runs and len(results) > 1:
         from evalkit.cli.display import print_comparison
@@ -136,6 +137,14 @@ def run_command(
 
         comparison, out_dir = run_compare([r.directory for r in results])
         print_comparison(comparison, out_dir)
+
+
+def judge_line(manifest) -> None:
+    """A warning when the run's judge is unchecked or failed its fitness check (the report and the gate say it too)."""
+    from evalkit.analysis.runs import judge_fitness_warning
+
+    if "judge" in manifest.roles and (text := judge_fitness_warning(manifest)):
+        warn(text)
 
 
 def retry_line(manifest) -> None:
@@ -203,6 +212,7 @@ def rescore(
         print_summary(result.summary, {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in rubrics})
     console.print(f"rescored: [bold]{escape(str(result.directory))}[/bold] (transcripts of {escape(str(run_dir))})", soft_wrap=True)
     retry_line(result.manifest)
+    judge_line(result.manifest)
 
 
 def demo(
