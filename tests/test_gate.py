@@ -188,7 +188,10 @@ def test_plan_refuses_two_runs_of_the_same_model(tmp_path):
 
 def test_gate_reports_the_scoring_floor_and_warns_when_a_margin_is_below_it(tmp_path):
     baseline, candidate = _pair(tmp_path, 0.0)
-    assert run_cli("gate", "--baseline", baseline, "--candidate", candidate).code == 0
+    passed = run_cli("gate", "--baseline", baseline, "--candidate", candidate)
+    assert passed.code == 0
+    # In a CI log (not a terminal) every header and metric name is whole, not cut to 80 columns.
+    assert all(word in passed.stdout for word in ("upper bound", "psychocounsel.overall", "needed", "personas")), passed.stdout
     report = json.loads((candidate / "gate.json").read_text())
     metric = report["metrics"]["psychocounsel.overall"]
     assert report["unit"] == "persona" and metric["unit"] == "persona" and metric["decision"]["unit"] == "persona"

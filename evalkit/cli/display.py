@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -370,7 +371,7 @@ def print_gate(report, out_dir) -> None:
     table = Table(title=f"gate: {report.suite} (candidate vs baseline; drops averaged within persona, t over personas)",
                   title_justify="left")
     for column in ("metric", "verdict", "personas", "sessions", "mean drop", "upper bound", "margin", "floor", "needed"):
-        table.add_column(column, no_wrap=True, overflow="ellipsis")
+        table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=len(column))
     style = {"pass": "green", "regression": "red", "undecided": "yellow"}
     for metric, v in report.metrics.items():
         d = v.decision
@@ -380,7 +381,8 @@ def print_gate(report, out_dir) -> None:
                       f"{d.personas_needed} personas" if d else "—")
     for rubric, c in report.critical.items():
         table.add_row(f"{rubric}.critical_failures", f"[{style[c.verdict]}]{c.verdict}[/]", "", str(c.sessions), "", "", "", "", "")
-    out_console.print(table)
+    # Piped into a CI log, rich would squeeze nine columns into 80 and cut every header: a log line may be wider.
+    (out_console if out_console.is_terminal else Console(file=out_console.file, width=160)).print(table)
     out_console.print(f"[bold {style[report.verdict]}]{report.verdict}[/]: {escape(report.reason)}", soft_wrap=True)
     for warning in report.warnings:
         warn(warning)
