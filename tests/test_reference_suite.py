@@ -65,3 +65,8 @@ def test_compare_reference_runs_with_a_paired_bootstrap(tmp_path):
     assert (contrast["a"], contrast["b"]) == ("copycat", "generic")
     bleu = contrast["metrics"]["bleu"]
     assert bleu["score_a"] == pytest.approx(1.0) and bleu["difference"] > 0.5 and bleu["p_value"] < 0.05
+    # Nobody judges a reference suite: no command warns that its judge is unchecked.
+    gated = run_cli("gate", "--baseline", tmp_path / "generic", "--candidate", tmp_path / "copycat")
+    assert "not been checked" not in gated.output and "vignettes" not in (tmp_path / "copycat" / "gate.md").read_text()
+    assert run_cli("report", tmp_path / "copycat", "--out", tmp_path / "r.html").code == 0
+    assert "not been checked" not in (tmp_path / "r.html").read_text()

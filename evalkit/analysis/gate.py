@@ -122,7 +122,7 @@ def _preconditions(base: Run, cand: Run, require_validated_judge: bool) -> tuple
     if require_validated_judge:
         problems += [f"{run.directory} records no judge validation report" for run in (base, cand) if not run.manifest.judge_validation]
     refuse, warnings = compatibility([base, cand])
-    fitness = {run.name: judge_fitness_warning(run.manifest) for run in (base, cand)}
+    fitness = {run.name: judge_fitness_warning(run.manifest, judged=run.judged) for run in (base, cand)}
     if fitness["baseline"] and fitness["baseline"] == fitness["candidate"]:
         warnings.append(f"both runs: {fitness['baseline']}")
     else:

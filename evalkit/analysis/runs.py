@@ -93,8 +93,11 @@ def load_run(directory: str | Path, name: str | None = None, *, include_flagged:
                transcripts=transcripts, scores=scores, views=views, inclusion=inclusion)
 
 
-def judge_fitness_warning(manifest: Manifest) -> str | None:
-    """What a reader of this run's scores must know about its judge's fitness check, or None when it passed."""
+def judge_fitness_warning(manifest: Manifest, *, judged: bool = True) -> str | None:
+    """What a reader of this run's scores must know about its judge's fitness check, or None when it passed or no
+    LLM judge scored the run (`judged` False: reference suites are scored against reference replies)."""
+    if not judged:
+        return None
     check = manifest.judge_check
     if check is None:
         return "the judge has not been checked on evalkit's vignettes (evalkit judge check, then --judge-check)"

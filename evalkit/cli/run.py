@@ -129,7 +129,7 @@ def run_command(
         console.print(f"results: [bold]{escape(str(result.directory))}[/bold] · report: "
                       f"[bold]{escape(str(result.directory / 'report.html'))}[/bold]", soft_wrap=True)
         retry_line(result.manifest)
-        judge_line(result.manifest)
+        judge_line(result)
     track_runs([r.directory for r in results], mlflow, wandb)
     if compare_runs and len(results) > 1:
         from evalkit.cli.display import print_comparison
@@ -139,11 +139,11 @@ def run_command(
         print_comparison(comparison, out_dir)
 
 
-def judge_line(manifest) -> None:
+def judge_line(result) -> None:
     """A warning when the run's judge is unchecked or failed its fitness check (the report and the gate say it too)."""
     from evalkit.analysis.runs import judge_fitness_warning
 
-    if "judge" in manifest.roles and (text := judge_fitness_warning(manifest)):
+    if text := judge_fitness_warning(result.manifest, judged=result.summary.reference is None):
         warn(text)
 
 
@@ -212,7 +212,7 @@ def rescore(
         print_summary(result.summary, {r.id: {**{i.id: i.name for i in r.items}, **{c.id: c.name for c in r.composites}} for r in rubrics})
     console.print(f"rescored: [bold]{escape(str(result.directory))}[/bold] (transcripts of {escape(str(run_dir))})", soft_wrap=True)
     retry_line(result.manifest)
-    judge_line(result.manifest)
+    judge_line(result)
 
 
 def demo(
