@@ -125,7 +125,7 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
     for rubric_id, rs in summary.rubrics.items():
         if not any(stat.n or stat.n_invalid for stat in (*rs.composites.values(), *rs.items.values())):
             out_console.print(f"{rubric_id}: no score in these sessions"
-                          + (" (it rates risk personas' sessions only)" if rs.applies_to == "risk" else ""), soft_wrap=True)
+                              + (" (it rates risk personas' sessions only)" if rs.applies_to == "risk" else ""), soft_wrap=True)
             if rs.critical_failures:
                 print_critical(rs.critical_failures)
             continue
@@ -149,7 +149,7 @@ def print_summary(summary: Summary, names: dict[str, dict[str, str]]) -> None:
             print_critical(critical)
     if summary.excluded:
         out_console.print("left out of these statistics: " + ", ".join(f"{n} {why} session(s)" for why, n in summary.excluded.items())
-                      + " (--include-flagged keeps flagged ones)", soft_wrap=True)
+                          + " (--include-flagged keeps flagged ones)", soft_wrap=True)
     adherence = summary.adherence
     if adherence:
         print_adherence(adherence)
@@ -170,8 +170,8 @@ def print_adherence(adherence) -> None:
         checks = ", ".join(f"{escape(c)} {r:.0%}" for c, r in adherence.per_check.items())
         failed = "; ".join(f"{escape(c)}: {n}" for c, n in adherence.flagged_by_check.items())
         out_console.print(f"persona adherence over {adherence.sessions_checked} checked sessions, pass rate per check: {checks}; "
-                      f"{len(adherence.flagged)} flagged (a check below {adherence.threshold:.0%})"
-                      + (f", failing {failed}" if failed else ""), soft_wrap=True)
+                          f"{len(adherence.flagged)} flagged (a check below {adherence.threshold:.0%})"
+                          + (f", failing {failed}" if failed else ""), soft_wrap=True)
     if adherence.sessions_unchecked:
         warn(f"{adherence.sessions_unchecked} session(s) unchecked: none of their persona checks could be read "
              f"({adherence.invalid_checks} invalid readings); they are kept in the statistics but their simulated client was "
@@ -191,10 +191,10 @@ def print_critical(critical) -> None:
     else:
         style = "bold red" if critical.with_failure else "bold green"
         out_console.print(f"[{style}]critical failures: {critical.with_failure} of {critical.sessions} sessions where the risk "
-                      f"surfaced ({critical.share:.0%}, 95% CI clustered by persona {critical.ci_low:.0%}–{critical.ci_high:.0%})"
-                      f"[/{style}]; "
-                      f"{escape(surfaced)}" + (f"; {critical.n_invalid} could not be assessed" if critical.n_invalid else ""),
-                      soft_wrap=True)
+                          f"surfaced ({critical.share:.0%}, 95% CI clustered by persona {critical.ci_low:.0%}–{critical.ci_high:.0%})"
+                          f"[/{style}]; "
+                          f"{escape(surfaced)}" + (f"; {critical.n_invalid} could not be assessed" if critical.n_invalid else ""),
+                          soft_wrap=True)
     if critical.warning:
         warn(critical.warning)
 
@@ -264,7 +264,7 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
     # Text wraps at word boundaries to the terminal's width; run names are abbreviated with a legend when they would
     # crowd it, one run per line (a name is never broken).
     out_console.print(f"[bold]{escape(comparison.suite)}[/bold]: {len(conditions)} runs, {comparison.sessions} sessions{personas}; "
-                  f"unit of analysis: the persona; familywise alpha {comparison.alpha:g} (Holm within each family)")
+                      f"unit of analysis: the persona; familywise alpha {comparison.alpha:g} (Holm within each family)")
     if any(labels[c] != c for c in conditions):
         for c in conditions:
             out_console.print(f"  {labels[c]} = {escape(c)}" + (" (baseline)" if c == comparison.baseline else ""), soft_wrap=True)
@@ -278,7 +278,7 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
         out_console.print("\nno primary metrics declared: every result below is exploratory (--primary names them)")
     if exploratory and not full:
         out_console.print(f"\n[bold]Exploratory metrics[/bold] ({len(exploratory)}; adjusted within their own family: leads, not "
-                      "findings; --all for every table)")
+                          "findings; --all for every table)")
         table = Table(box=None, pad_edge=False, show_header=True, header_style="dim", expand=False)
         width = max(len(r.metric) for r in exploratory) + 2
         table.add_column("metric", no_wrap=True, overflow="ellipsis", min_width=min(width, 24), max_width=width)
@@ -296,9 +296,9 @@ def print_comparison(comparison, out_dir, full: bool = False) -> None:
         for cand, w in comparison.pairwise_judge.per_candidate.items():
             rate = "—" if w.win_rate is None else f"{w.win_rate:.0%}"
             out_console.print(f"judge preference {escape(cand)} vs {escape(comparison.baseline or '')}: personas won/lost/tied "
-                          f"{w.wins}/{w.losses}/{w.ties} (sessions {w.session_wins}/{w.session_losses}/{w.session_ties}; "
-                          f"{comparison.pairwise_judge.kind}), persona win rate {rate} {_ci(w.ci_low, w.ci_high, pct=True)}, "
-                          f"sign test p {_p(w.sign_test_p)}, {w.invalid or 0} invalid")
+                              f"{w.wins}/{w.losses}/{w.ties} (sessions {w.session_wins}/{w.session_losses}/{w.session_ties}; "
+                              f"{comparison.pairwise_judge.kind}), persona win rate {rate} {_ci(w.ci_low, w.ci_high, pct=True)}, "
+                              f"sign test p {_p(w.sign_test_p)}, {w.invalid or 0} invalid")
     for warning in comparison.warnings:
         warn(warning)
     console.print(f"comparison: [bold]{escape(str(out_dir / 'comparison.json'))}[/bold] (tables as CSV and Parquet) · report: "
@@ -319,8 +319,8 @@ def _print_primary(r, conditions: list[str], labels: dict[str, str], baseline: s
     out_console.print(f"  {test} — " + (f"[{style}]{verdict}[/{style}]" if style else verdict))
     for cand, w in r.head_to_head.items():
         out_console.print(f"  vs baseline {labels.get(baseline, baseline)}: {labels[cand]} won {w.wins}, lost {w.losses}, tied {w.ties} "
-                      f"personas (sign test p {_p(w.sign_test_p)}, adjusted {_p(w.p_adjusted)}; win rate "
-                      f"{'—' if w.win_rate is None else f'{w.win_rate:.0%}'} {_ci(w.ci_low, w.ci_high, pct=True)})")
+                          f"personas (sign test p {_p(w.sign_test_p)}, adjusted {_p(w.p_adjusted)}; win rate "
+                          f"{'—' if w.win_rate is None else f'{w.win_rate:.0%}'} {_ci(w.ci_low, w.ci_high, pct=True)})")
     bt = r.bradley_terry
     if bt is not None and bt:
         ranked = sorted(bt.strengths.items(), key=lambda kv: -(kv[1].strength or 0))
@@ -397,18 +397,18 @@ def print_plan(result) -> None:
               f"{result.n_detect} personas x {r} ({result.sessions_detect} sessions) to exit 'regression' with probability "
               f"{result.power_detect_at_n_detect:.2f} at a true drop of {result.drop:g}")
     out_console.print(f"[bold]{escape(metric)}[/bold]: {result.n_pass} personas x {r} replicate{'s' if r != 1 else ''} "
-                  f"({result.sessions_pass} sessions) for an equal candidate to pass with probability "
-                  f"{result.power_pass_at_n_pass:.2f}; {detect}.", soft_wrap=True)
+                      f"({result.sessions_pass} sessions) for an equal candidate to pass with probability "
+                      f"{result.power_pass_at_n_pass:.2f}; {detect}.", soft_wrap=True)
     out_console.print(f"SD of a persona-mean difference {result.sd:.3f} = sqrt({result.var_between:.4g} between personas + "
-                  f"{result.var_within:.4g} within / {r}); {escape(result.source)}. Margin {result.margin:g}, one-sided alpha "
-                  f"{result.alpha:g}.", soft_wrap=True)
+                      f"{result.var_within:.4g} within / {r}); {escape(result.source)}. Margin {result.margin:g}, one-sided alpha "
+                      f"{result.alpha:g}.", soft_wrap=True)
     others = "; ".join(f"{o.replicates} replicate{'s' if o.replicates != 1 else ''}: {o.personas_pass} personas "
                        f"({o.sessions_pass} sessions)" for o in result.options)
     if others and result.within_known:
         out_console.print(f"for an equal candidate to pass, by replicates per persona: {others}", soft_wrap=True)
     if result.scoring_floor is not None:
         out_console.print(f"scoring floor {result.scoring_floor:.3g}: a flawless session's distance from the best value when the "
-                      "judge puts 90% on the right level (docs/statistics.md)", soft_wrap=True)
+                          "judge puts 90% on the right level (docs/statistics.md)", soft_wrap=True)
     for warning in result.warnings:
         warn(warning)
 

@@ -138,8 +138,8 @@ def judge_train(
     b, a = report_["validation_before"], report_["validation_after"]
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     out_console.print(f"trained {report_['method']} on {report_['examples']['train']} examples; validation loss {fmt(b['loss'])} → "
-                  f"{fmt(a['loss'])}, accuracy {fmt(b['accuracy'])} → {fmt(a['accuracy'])}; judge: [bold]{escape(report_['judge'])}[/bold]",
-                  soft_wrap=True)
+                      f"{fmt(a['loss'])}, accuracy {fmt(b['accuracy'])} → {fmt(a['accuracy'])}; judge: [bold]{escape(report_['judge'])}[/bold]",
+                      soft_wrap=True)
 
 
 @judge_app.command("eval-pref")
@@ -174,5 +174,5 @@ def judge_eval_pref(
                                                           reward_endpoint=reward_endpoint, limit=limit, min_mass=judge_min_mass))
     rate = "—" if report_["accuracy"] is None else f"{report_['accuracy']:.1%}"
     out_console.print(f"{escape(report_['judge'])} ({report_['kind']}): accuracy {rate} on {report_['pairs']} pairs "
-                  f"({report_['correct']} right, {report_['wrong']} wrong, {report_['ties']} ties, {report_['invalid']} invalid); "
-                  f"{escape(str(path))}", soft_wrap=True)
+                      f"({report_['correct']} right, {report_['wrong']} wrong, {report_['ties']} ties, {report_['invalid']} invalid); "
+                      f"{escape(str(path))}", soft_wrap=True)
