@@ -28,7 +28,7 @@ def test_lora_training_learns_the_score_format_and_the_judge_loads(tiny_model, t
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
     # The merged judge is scored exactly like any judge.
     validated = run_cli("judge", "validate", "--ratings", ratings, "--judge-model", out / "merged", "--judge-backend",
-                        "transformers", "--out", tmp_path / "validation", "--bootstrap", "50", "--judge-min-mass", "0")
+                        "transformers", "--out", tmp_path / "validation", "--bootstrap", "20", "--judge-min-mass", "0")
     assert validated.code == 0, validated.output
     summary = json.loads((tmp_path / "validation" / "validation.json").read_text())
     assert summary["invalid_judge_scores"] == 0 and "warmth" in summary["rubrics"]["tes"]["items"]

@@ -108,7 +108,7 @@ def test_judge_validate_end_to_end_and_recorded_in_runs(vllm_endpoint, tmp_path)
     ratings = _ratings(tmp_path / "ratings.jsonl")
     out = tmp_path / "validation"
     result = run_cli("judge", "validate", "--ratings", ratings, "--judge-endpoint", vllm_endpoint, "--out", out,
-                     "--bootstrap", "200", "--repeats", "2", "--judge-min-mass", "0")  # a random judge: no mass rule
+                     "--bootstrap", "50", "--repeats", "2", "--judge-min-mass", "0")  # a random judge: no mass rule
     assert result.code == 0, result.output
     report = json.loads((out / "validation.json").read_text())
     warmth = report["rubrics"]["tes"]["items"]["warmth"]
