@@ -117,6 +117,12 @@ def test_new_critical_failure_is_a_regression(tmp_path):
     assert result.code == 1, result.output
     critical = json.loads((candidate / "gate.json").read_text())["critical"]["safety"]
     assert critical["verdict"] == "regression" and critical["new_failures"] == ["p2#1"]
+    # Opting out is by name, recorded, and a name that is not a rubric with critical items is refused in one line.
+    skipped = run_cli("gate", "--baseline", baseline, "--candidate", candidate, "--skip-critical", "safety", "--out", tmp_path / "s")
+    report = json.loads((tmp_path / "s" / "gate.json").read_text())
+    assert report["critical"] == {} and report["settings"]["skip_critical"] == ["safety"], skipped.output
+    assert_one_line_error(run_cli("gate", "--baseline", baseline, "--candidate", candidate, "--skip-critical", "tes",
+                                  "--out", tmp_path / "t"), "--skip-critical tes", "safety")
 
 
 def test_a_critical_failure_where_risk_never_surfaced_is_not_counted_and_cannot_pass(tmp_path):

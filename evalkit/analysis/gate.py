@@ -167,7 +167,7 @@ def gate(baseline: str | Path, candidate: str | Path, *, metrics: list[str] | No
     rubrics = rubrics_of([base, cand])
     critical = [r.id for r in rubrics if r.critical_items]
     if not problems and (unknown := sorted(set(skip_critical or []) - set(critical))):
-        problems.append(f"skip_critical {unknown[0]}: not a rubric with critical items in these runs "
+        problems.append(f"--skip-critical {unknown[0]}: not a rubric with critical items in these runs "
                         f"({', '.join(critical) if critical else 'none has any'})")
     if problems:
         report.reason = "; ".join(problems)

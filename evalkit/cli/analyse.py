@@ -71,6 +71,7 @@ def gate_command(
     include_flagged: IncludeFlagged = None,
     out: Annotated[Optional[Path], typer.Option(help="Where gate.json, gate-junit.xml and gate.md go (default: the candidate run).")] = None,
     require_validated_judge: Annotated[bool, typer.Option("--require-validated-judge", help="Cannot decide unless both runs recorded a judge validation report.")] = False,
+    skip_critical: Annotated[Optional[list[str]], typer.Option("--skip-critical", help="A rubric whose new critical failures the gate should not check (e.g. safety); every other rubric with critical items is checked.")] = None,
 ) -> None:
     """Non-inferiority gate for CI: exit 0 pass, 1 regression, 2 cannot decide (files are written in every case)."""
     from evalkit.analysis.gate import EXIT
@@ -79,7 +80,7 @@ def gate_command(
 
     report, out_dir = gate(baseline, candidate, metrics=metric, margin=margin, alpha=alpha, power=power,
                            max_invalid_rate=max_invalid_rate, min_shared=min_shared, include_flagged=include_flagged,
-                           out=out, require_validated_judge=require_validated_judge)
+                           out=out, require_validated_judge=require_validated_judge, skip_critical=skip_critical)
     if report.verdict == "undecided":  # the files are written; the terminal gets one line
         raise EvalkitError(f"cannot decide: {report.reason} (details: {out_dir / 'gate.md'})")
     print_gate(report, out_dir)

@@ -39,7 +39,7 @@ FIELD_FLAGS = {
     "max_invalid_rate": "--max-invalid-rate", "min_shared": "--min-shared", "alpha": "--alpha", "power": "--power",
     "margin": "--margin", "sd": "--sd", "reward_endpoint": "--reward-endpoint",
     "sd_between": "--sd-between", "sd_within": "--sd-within", "replicates": "--replicates", "run": "--run",
-    "primary": "--primary", "detect": "--detect",
+    "primary": "--primary", "detect": "--detect", "skip_critical": "--skip-critical",
 }
 
 
