@@ -34,11 +34,9 @@ def compare(
     familywise error controlled over the suite's primary metrics."""
     import gc
 
-    from evalkit.analysis.compare import compare as run_compare
     from evalkit.backends.roles import RoleConfig
     from evalkit.cli.display import print_comparison
-    from evalkit.core.fileio import report_follows
-    from evalkit.report import build_report
+    from evalkit.pipeline.reported import compare as run_compare
 
     # The modules loaded so far live as long as the process: keep them out of every garbage collection.
     gc.freeze()
@@ -48,14 +46,9 @@ def compare(
     judge = None
     if pairwise_judge_model or pairwise_judge_endpoint:
         judge = RoleConfig(model=pairwise_judge_model, endpoint=pairwise_judge_endpoint or [], api_key_env=pairwise_judge_api_key_env)
-    # As evalkit.compare does (pipeline.api), without loading the run pipeline this command never uses: an older
-    # report is held aside until the new data and its report are written.
-    with report_follows(out / "report.html" if out else None, out / "comparison.json" if out else None):
-        comparison, out_dir = run_compare(runs, baseline=baseline, metrics=metric, matched=matched, include_flagged=include_flagged,
-                                          out=out, pairwise_judge=judge, pairwise_reward_endpoint=pairwise_reward_endpoint,
-                                          bootstrap_rounds=bootstrap, seed=seed, primary=primary, alpha=alpha)
-        build_report([Path(p) for p in comparison.runs.values()], out_dir / "report.html",
-                     comparison=comparison.model_dump(mode="json"))
+    comparison, out_dir = run_compare(runs, baseline=baseline, metrics=metric, matched=matched, include_flagged=include_flagged,
+                                      out=out, pairwise_judge=judge, pairwise_reward_endpoint=pairwise_reward_endpoint,
+                                      bootstrap_rounds=bootstrap, seed=seed, primary=primary, alpha=alpha)
     print_comparison(comparison, out_dir, full=all_tables)
 
 
@@ -76,7 +69,7 @@ def gate_command(
     """Non-inferiority gate for CI: exit 0 pass, 1 regression, 2 cannot decide (files are written in every case)."""
     from evalkit.analysis.gate import EXIT
     from evalkit.cli.display import print_gate
-    from evalkit.pipeline.api import gate
+    from evalkit.pipeline.reported import gate
 
     report, out_dir = gate(baseline, candidate, metrics=metric, margin=margin, alpha=alpha, power=power,
                            max_invalid_rate=max_invalid_rate, min_shared=min_shared, include_flagged=include_flagged,

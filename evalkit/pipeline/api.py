@@ -9,34 +9,23 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from evalkit.backends.base import Backend
 from evalkit.core.errors import ConfigError
-from evalkit.core.fileio import report_follows
 from evalkit.core.progress import Reporter
 from evalkit.core.yamlio import describe_validation_error
 from evalkit.pipeline.evaluate import RunResult, evaluate
+from evalkit.pipeline.reported import compare, compare_async, gate, gate_async, write_run_report
 from evalkit.pipeline.rescore import rescore_async as _rescore_async
-from evalkit.pipeline.spec import EvalSpec, RoleConfig
+from evalkit.pipeline.spec import EvalSpec, RoleConfig, role_config
 
-if TYPE_CHECKING:  # the statistics stack (scipy, statsmodels) loads only for compare and gate, not for every run
-    from evalkit.analysis import compare as comparing
-    from evalkit.analysis import gate as gating
+__all__ = ["compare", "compare_async", "gate", "gate_async", "rescore", "rescore_async", "role_config", "run", "run_async",
+           "spec_from_kwargs", "write_run_report"]
 
 _ROLE_KEYS = {"model", "endpoint", "api_key_env", "backend"}
-
-
-def role_config(value: RoleConfig | dict | Backend, field: str) -> RoleConfig | Backend:
-    """A role as the library takes it: a RoleConfig (a dict is validated into one) or a ready backend."""
-    if isinstance(value, dict):
-        try:
-            return RoleConfig.model_validate(value)
-        except ValidationError as exc:
-            raise ConfigError(describe_validation_error(field, exc)) from None
-    return value
 
 
 def spec_from_kwargs(model: Any = None, suite: str = "act-fm", **kwargs: Any) -> tuple[EvalSpec, dict[str, Backend]]:
@@ -99,51 +88,3 @@ async def rescore_async(source: str | Path, *, judge: RoleConfig | dict | Backen
 def rescore(*args: Any, **kwargs: Any) -> RunResult:
     """`rescore_async` for plain scripts (not inside a running event loop)."""
     return asyncio.run(rescore_async(*args, **kwargs))
-
-
-def write_run_report(directory: Path) -> Path:
-    from evalkit.report import build_report
-
-    return build_report([directory])
-
-
-async def compare_async(runs: list[str | Path], *, report: bool = True, pairwise_judge: RoleConfig | dict | None = None,
-                        **kwargs: Any) -> tuple[comparing.Comparison, Path]:
-    """Statistics across stored runs (see `analysis.compare`), then the comparison's HTML report beside them."""
-    from evalkit.analysis import compare as comparing
-
-    judge = role_config(pairwise_judge, "pairwise_judge") if pairwise_judge is not None else None
-    out = Path(kwargs["out"]) if kwargs.get("out") else None  # else a new folder: no older report to pair with
-    with report_follows(out / "report.html" if out else None, out / "comparison.json" if out else None):
-        comparison, out_dir = await comparing.compare_async(runs, pairwise_judge=judge, **kwargs)
-        if report:
-            from evalkit.report import build_report
-
-            build_report([Path(p) for p in comparison.runs.values()], out_dir / "report.html",
-                         comparison=comparison.model_dump(mode="json"))
-    return comparison, out_dir
-
-
-def compare(runs: list[str | Path], **kwargs: Any) -> tuple[comparing.Comparison, Path]:
-    """`compare_async` for plain scripts (not inside a running event loop)."""
-    return asyncio.run(compare_async(runs, **kwargs))
-
-
-def gate(baseline: str | Path, candidate: str | Path, *, report: bool = True, **kwargs: Any) -> tuple[gating.GateReport, Path]:
-    """The non-inferiority gate (see `analysis.gate`): gate.json, gate-junit.xml, gate.md and gate-report.html."""
-    from evalkit.analysis import gate as gating
-
-    out = Path(kwargs.get("out") or candidate)
-    with report_follows(out / "gate-report.html", out / "gate.json"):
-        verdict, out_dir = gating.gate(baseline, candidate, **kwargs)
-        if report:
-            from evalkit.report import build_report
-
-            build_report([Path(verdict.baseline), Path(verdict.candidate)], out_dir / "gate-report.html",
-                         gate=verdict.model_dump(mode="json"))
-    return verdict, out_dir
-
-
-async def gate_async(baseline: str | Path, candidate: str | Path, **kwargs: Any) -> tuple[gating.GateReport, Path]:
-    """`gate` inside a running event loop (a notebook): the work runs in a thread, so the loop stays free."""
-    return await asyncio.to_thread(gate, baseline, candidate, **kwargs)

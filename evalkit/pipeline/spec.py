@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evalkit.backends.base import Backend
 from evalkit.backends.roles import RoleConfig
 from evalkit.core.errors import ConfigError
 from evalkit.core.yamlio import describe_validation_error, load_yaml_model
@@ -185,3 +186,13 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     for key, value in top.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def role_config(value: RoleConfig | dict | Backend, field: str) -> RoleConfig | Backend:
+    """A role as the library takes it: a RoleConfig (a dict is validated into one) or a ready backend."""
+    if isinstance(value, dict):
+        try:
+            return RoleConfig.model_validate(value)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(field, exc)) from None
+    return value
