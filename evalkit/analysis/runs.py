@@ -53,8 +53,7 @@ class Run:
 
     @property
     def judged(self) -> bool:
-        """Whether an LLM judge scored the run (reference suites are scored against reference replies, without one)."""
-        return self.suite.suite.unit != "reference"
+        return self.suite.judged
 
     @property
     def judge_identity(self) -> str | None:

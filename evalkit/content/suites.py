@@ -180,6 +180,11 @@ class LoadedSuite:
         return list(zip(self.suite.rubrics, self.rubrics, strict=True))
 
     @property
+    def judged(self) -> bool:
+        """Whether an LLM judge scores the suite (reference suites are scored against reference replies, without one)."""
+        return self.suite.unit != "reference"
+
+    @property
     def wants_formulation(self) -> bool:
         """Sessions end with the therapist's case formulation (for the formulation scorer)."""
         return self.suite.unit == "session" and any(use.scorer == "formulation" for use in self.suite.rubrics)

@@ -101,7 +101,7 @@ def _run_header(run: _Run) -> dict[str, Any]:
                         "(kept in the statistics; their simulated client was never checked)")
     if adherence and adherence.per_check:
         warnings.append("persona checks, pass rate per kind: " + ", ".join(f"{c} {r:.0%}" for c, r in adherence.per_check.items()))
-    if fitness := judge_fitness_warning(m, judged=run.summary.reference is None):
+    if fitness := judge_fitness_warning(m, judged=run.suite.judged):
         warnings.append(fitness)
     if m.counts.truncated_sessions:
         warnings.append(f"{m.counts.truncated_sessions} sessions have a therapist turn cut off by max_tokens")
