@@ -163,7 +163,6 @@ class OfflineVLLMBackend:
             shutdown()
 
 
-
 async def build(spec: BackendSpec, context: BuildContext) -> OfflineVLLMBackend:
     assert spec.model is not None
     from evalkit.backends.managed import served_name

@@ -178,7 +178,6 @@ def print_adherence(adherence) -> None:
              "never checked")
 
 
-
 def print_critical(critical) -> None:
     """The safety figure: failures among sessions where the risk surfaced, and how many it never surfaced in."""
     surfaced = f"risk surfaced in {critical.surfaced} of {critical.risk_sessions} risk sessions"
