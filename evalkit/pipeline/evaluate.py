@@ -123,7 +123,7 @@ async def _evaluate(prepared: Prepared, instances: dict[str, Backend], reporter:
             host=host_info(), warnings=warnings, judge_validation=validation, judge_check=fitness,
             inclusion=inclusion))
         if idle:
-            note_extent(store, prepared.cases, reporter)
+            note_extent(set(store.sources()), prepared.cases, store.directory, reporter)
             reporter.note(f"{store.directory}: every session is simulated and scored already; nothing was sent to any model")
             summary = summarise_run(store, plan, prepared.settings, inclusion)
             return RunResult(directory=store.directory, manifest=lifecycle.complete(summary.counts), summary=summary)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from evalkit.analysis.sessions import session_views
@@ -70,22 +71,21 @@ class ScoringPlan:
                 await scorer.aclose()
 
 
-def note_extent(store: RunDir, cases: list, reporter: Reporter) -> None:
-    """Say so when the directory holds sessions beyond those asked for: they stay in the summary."""
-    done = set(store.sources())
+def note_extent(done: set[str], cases: list, directory: Path, reporter: Reporter) -> int:
+    """How many of `cases` the directory already holds (`done`: its session ids); says so when it holds sessions
+    beyond those asked for, since they stay in the summary."""
     resumed = sum(c.session_id in done for c in cases)
     if len(done) > resumed:
-        reporter.note(f"{store.directory} already holds {len(done)} sessions and {len(cases)} were asked for: the summary "
+        reporter.note(f"{directory} already holds {len(done)} sessions and {len(cases)} were asked for: the summary "
                       f"covers all {len(done) + len(cases) - resumed} (a run is extended by asking for more, never shrunk)")
+    return resumed
 
 
 async def simulate(loaded: LoadedSuite, store: RunDir, cases: list, *, therapist: Backend, client, turns: int,
                    sampling: SamplingParams, concurrency: int, reporter: Reporter) -> None:
     """Run every case that has no transcript yet; each transcript is appended as soon as its session ends."""
     done = set(store.sources())
-    resumed = sum(c.session_id in done for c in cases)
-    note_extent(store, cases, reporter)
-    reporter.sessions(len(cases), resumed)
+    reporter.sessions(len(cases), note_extent(done, cases, store.directory, reporter))
     engine = SessionEngine(suite_id=loaded.suite.id, system_prompt=loaded.suite.therapist_system_prompt, turns=turns,
                            therapist=therapist, client=client, therapist_sampling=sampling, reporter=reporter,
                            formulation=loaded.wants_formulation)
